@@ -1,0 +1,55 @@
+# The two commands: `make run` serves the gateway with demo routes; `make test` runs the whole suite.
+# Both set up everything they need (virtualenv, packages, database, static files) on a fresh machine.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export DJANGO_SETTINGS_MODULE ?= gateway_project.settings
+
+.PHONY: run test test-fast lint venv migrate demo clean redis-server
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# `make run`: development defaults (DEBUG on, demo upstream, 127.0.0.1:8000). Override any variable from
+# README.md on the command line or in the environment, e.g. `make run REDIS_URL=redis://10.0.0.5:6379/0`.
+run: export DEBUG ?= 1
+run: venv
+	@mkdir -p var
+	$(PY) manage.py migrate --noinput -v 0
+	$(PY) manage.py collectstatic --noinput -v 0
+	$(PY) manage.py gateway_demo
+	$(VENV)/bin/gunicorn -c gunicorn.conf.py gateway_project.wsgi
+
+# Tests start their own redis-server (see tests/conftest.py); it must be installed.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing redis-server (Debian package) for the tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null || \
+	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null; }; \
+	  else \
+	    echo "error: the tests need redis-server on PATH (Debian/Ubuntu: apt-get install redis-server)" >&2; exit 1; \
+	  fi; }
+
+test: venv redis-server
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# While iterating: skip the slow load, soak and large-transfer tests.
+test-fast: venv redis-server
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,49 @@
+"""The gateway's own endpoints: liveness, readiness, and JSON error pages."""
+
+from __future__ import annotations
+
+import json
+
+from django.db import connection
+from django.http import HttpRequest, HttpResponse
+from redis.exceptions import RedisError
+
+from gateway_project import store
+from gateway_project.responses import json_error
+from proxy import runtime
+
+
+def healthz(request: HttpRequest) -> HttpResponse:
+    """Liveness: the process answers. No I/O, so a slow dependency never gets a worker restarted."""
+    return HttpResponse(b'{"status":"ok"}', content_type="application/json")
+
+
+def readyz(request: HttpRequest) -> HttpResponse:
+    """Readiness: the database and Redis answer and the configuration has been loaded; 503 names what failed."""
+    checks: dict[str, str] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:  # any driver error means "not ready"; the message says which
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        store.client().ping()
+        checks["redis"] = "ok"
+    except RedisError as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+    snapshot = runtime.current()
+    checks["config"] = (
+        runtime.describe(snapshot.revision, snapshot.token) if snapshot.loaded_at else "error: not loaded"
+    )
+    ready = all(not value.startswith("error") for value in checks.values())
+    body = {"status": "ready" if ready else "unavailable", "checks": checks}
+    return HttpResponse(json.dumps(body), status=200 if ready else 503, content_type="application/json")
+
+
+def not_found(request: HttpRequest, exception=None) -> HttpResponse:
+    return json_error(request, 404, "not_found", "Nothing is served at this path.")
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    return json_error(request, 500, "internal_error", "The gateway failed to handle this request.")

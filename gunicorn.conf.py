@@ -1,0 +1,64 @@
+"""gunicorn configuration for the gateway; every value can be set through the environment (README.md).
+
+Worker model: gevent. Each worker is one process running many greenlets, so a worker keeps
+GATEWAY_WORKER_CONNECTIONS (default 1000) requests in flight while they wait on slow upstreams; gthread
+would hold only workers x threads. docs/operations.md has the measurements behind the choice.
+"""
+
+import logging
+import multiprocessing
+import os
+
+from gateway_project import redis_url
+from gateway_project.env import env_bool, env_float, env_int, env_listen, env_str
+from gateway_project.logging import build_logging_config
+
+# Decide once, in the master, which Redis the gateway uses, and hand the answer to the workers.
+_redis_url = redis_url.resolve_redis_url(os.environ.get("REDIS_URL"))
+os.environ["REDIS_URL"] = _redis_url
+_embedded = redis_url.is_embedded(_redis_url)
+
+_host, _port = env_listen("GATEWAY_LISTEN", "127.0.0.1:8000")
+bind = [f"[{_host}]:{_port}" if ":" in _host else f"{_host}:{_port}"]
+
+worker_class = "gevent"
+_requested_workers = env_int("GATEWAY_WORKERS", multiprocessing.cpu_count(), minimum=1, maximum=256)
+# The embedded store lives inside one process: more workers would each have their own limits and breakers.
+workers = 1 if _embedded else _requested_workers
+worker_connections = env_int("GATEWAY_WORKER_CONNECTIONS", 1000, minimum=1)
+keepalive = env_int("GATEWAY_KEEPALIVE", 5, minimum=0)
+timeout = env_int("GATEWAY_WORKER_TIMEOUT", 30, minimum=1)
+graceful_timeout = env_float("GATEWAY_GRACEFUL_TIMEOUT", 30, minimum=0)
+preload_app = False
+
+# The gateway decides which peers are trusted proxies (GATEWAY_TRUSTED_PROXIES). gunicorn's own default trusts
+# 127.0.0.1 to set the scheme, SCRIPT_NAME and PATH_INFO through headers: switch all of that off.
+forwarded_allow_ips = ""
+secure_scheme_headers = {}
+forwarder_headers = ""
+proxy_protocol = False
+header_map = "drop"
+# No gunicornc control socket: several gateways on one machine would fight over its default path.
+control_socket_disable = True
+
+# One format for every line (gateway_project/logging.py); the gateway writes its own access log.
+accesslog = None
+errorlog = "-"
+_debug = env_bool("DEBUG", False)
+logconfig_dict = build_logging_config(
+    debug=_debug,
+    fmt=env_str("GATEWAY_LOG_FORMAT", "console" if _debug else "json"),
+    level=env_str("GATEWAY_LOG_LEVEL", "INFO"),
+)
+
+
+def on_starting(server):
+    log = logging.getLogger("gunicorn.error")
+    if _embedded:
+        log.warning(
+            "REDIS_URL is not set and no Redis answers on 127.0.0.1:6379: using the embedded in-process store "
+            "and a single worker (GATEWAY_WORKERS=%s ignored). Set REDIS_URL to run several workers or instances.",
+            _requested_workers,
+        )
+    else:
+        log.info("using Redis at %s", redis_url.redacted(_redis_url))

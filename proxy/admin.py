@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import admin
+from django.db.models import Count
+from django.utils.html import format_html
+
+from proxy.models import Route, Upstream
+
+
+@admin.register(Upstream)
+class UpstreamAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "base_url",
+        "enabled",
+        "connect_timeout",
+        "read_timeout",
+        "deadline",
+        "max_retries",
+        "route_count",
+        "updated_at",
+    )
+    list_filter = ("enabled", "tls_verify")
+    search_fields = ("name", "base_url")
+    readonly_fields = ("created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("name", "base_url", "enabled")}),
+        ("Timeouts", {"fields": ("connect_timeout", "read_timeout", "deadline")}),
+        (
+            "Retries (urllib3 Retry)",
+            {
+                "fields": ("max_retries", "backoff_factor", "backoff_max", "backoff_jitter", "retry_on_statuses"),
+            },
+        ),
+        ("TLS", {"fields": ("tls_verify",)}),
+        ("History", {"fields": ("created_at", "updated_at")}),
+    )
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_route_count=Count("routes"))
+
+    @admin.display(description="routes", ordering="_route_count")
+    def route_count(self, obj: Upstream) -> int:
+        return obj._route_count
+
+
+@admin.register(Route)
+class RouteAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "path_prefix",
+        "host_display",
+        "methods_display",
+        "upstream",
+        "strip_prefix",
+        "enabled",
+        "updated_at",
+    )
+    list_filter = ("enabled", "strip_prefix", "upstream")
+    list_select_related = ("upstream",)
+    search_fields = ("name", "path_prefix", "host", "upstream__name", "description")
+    readonly_fields = ("forwarding", "created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("name", "enabled", "description")}),
+        ("Match", {"fields": ("path_prefix", "host", "methods")}),
+        ("Forward", {"fields": ("upstream", "strip_prefix", "max_body_bytes", "forwarding")}),
+        ("History", {"fields": ("created_at", "updated_at")}),
+    )
+
+    @admin.display(description="host", ordering="host")
+    def host_display(self, obj: Route) -> str:
+        return obj.host or "any"
+
+    @admin.display(description="methods", ordering="methods")
+    def methods_display(self, obj: Route) -> str:
+        return obj.methods or "all"
+
+    @admin.display(description="what a client calls, and where it goes")
+    def forwarding(self, obj: Route) -> str:
+        if not obj.pk:
+            return "Save the route to see an example."
+        host, port = settings.GATEWAY_LISTEN
+        authority = obj.host.replace("*", "www") if obj.host else (host if port == 80 else f"{host}:{port}")
+        prefix = "" if obj.path_prefix == "/" else obj.path_prefix
+        client = f"http://{authority}{prefix}/example/path?q=1"
+        rest = "/example/path" if obj.strip_prefix else f"{prefix}/example/path"
+        upstream = f"{obj.upstream.base_url}{rest}?q=1"
+        return format_html(
+            "<code>{} {}</code><br>→ <code>{} {}</code><br><small>Any path below {} matches{}.</small>",
+            (obj.methods or "GET").split(",")[0],
+            client,
+            (obj.methods or "GET").split(",")[0],
+            upstream,
+            obj.path_prefix,
+            "" if not obj.methods else f"; methods {obj.methods.replace(',', ', ')}",
+        )

@@ -1,0 +1,381 @@
+"""Configuration as code: the whole gateway configuration as one YAML or JSON document.
+
+`gateway_export` writes it; `gateway_import` reads one, validates all of it before touching the database,
+then applies it in one transaction. Each app contributes top-level sections (proxy: `upstreams`, `routes`);
+docs/configuration.md describes the format. Export then import changes nothing.
+
+Import semantics: items are matched to existing objects by name. A section missing from the document is left
+alone. Objects that exist but are not in their section are kept, or deleted with `prune`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from django.core.exceptions import ValidationError
+from django.db import models, transaction
+
+FORMAT_VERSION = 1
+
+
+class ConfigError(Exception):
+    """The document is invalid; `problems` lists every problem found, each with its location."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class Change:
+    action: str  # create, update or delete
+    section: str
+    name: str
+    fields: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        what = f"{self.action} {self.section[:-1] if self.section.endswith('s') else self.section} {self.name!r}"
+        return f"{what}: {', '.join(self.fields)}" if self.fields else what
+
+
+@dataclass
+class Plan:
+    changes: list[Change] = field(default_factory=list)
+    saves: list[models.Model] = field(default_factory=list)
+    deletes: list[models.Model] = field(default_factory=list)
+
+
+class Context:
+    """What the import has resolved so far: the final objects of each section, by name."""
+
+    def __init__(self) -> None:
+        self.final: dict[str, dict[str, models.Model]] = {}
+        self.problems: list[str] = []
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+
+class Section:
+    """One top-level list of named objects. Subclasses say how an object becomes an item and back."""
+
+    key: str
+    model: type[models.Model]
+    natural_key = "name"
+    #: Fields compared to decide whether an existing object changes.
+    compared: tuple[str, ...] = ()
+
+    def queryset(self):
+        return self.model.objects.all()
+
+    def name_of(self, obj) -> str:
+        return getattr(obj, self.natural_key)
+
+    def export(self, obj) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def build(self, item: Reader, obj, ctx: Context) -> None:
+        """Set `obj`'s fields from `item`; report problems through `item` or `ctx`."""
+        raise NotImplementedError
+
+    def validate_final(self, objects: dict[str, models.Model], ctx: Context) -> None:
+        """Checks across the section's final objects (for example, two routes matching the same requests)."""
+
+    def save(self, obj) -> None:
+        obj.save()
+
+
+class Reader:
+    """Typed access to one item of a section, collecting problems with their location."""
+
+    def __init__(self, data: dict, where: str, ctx: Context) -> None:
+        self.data = data
+        self.where = where
+        self.ctx = ctx
+        self.seen: set[str] = set()
+
+    def problem(self, key: str | None, message: str) -> None:
+        self.ctx.problem(f"{self.where}.{key}" if key else self.where, message)
+
+    def get(self, key: str, kinds: type | tuple[type, ...], default: Any = ..., *, nullable: bool = False) -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            if default is ...:
+                self.problem(key, "is required")
+            return None if default is ... else default
+        value = self.data[key]
+        if value is None and nullable:
+            return None
+        if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+            self.problem(key, f"expected {_kind_names(kinds)}, got a boolean")
+            return None if default is ... else default
+        if not isinstance(value, kinds):
+            self.problem(key, f"expected {_kind_names(kinds)}, got {type(value).__name__}")
+            return None if default is ... else default
+        return value
+
+    def finish(self) -> None:
+        for key in sorted(set(self.data) - self.seen):
+            self.problem(key, "unknown field")
+
+
+def _kind_names(kinds) -> str:
+    names = {
+        str: "a string",
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        dict: "a mapping",
+    }
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def apply_fields(obj, item: Reader, fields: Iterable[tuple[str, type | tuple[type, ...]]]) -> None:
+    """Copy plain fields from the item; a field the item leaves out takes the model's default."""
+    for name, kinds in fields:
+        model_field = obj._meta.get_field(name)
+        default = model_field.get_default()
+        value = item.get(name, kinds, default, nullable=model_field.null)
+        if isinstance(value, int) and not isinstance(value, bool) and isinstance(model_field, models.FloatField):
+            value = float(value)
+        setattr(obj, name, value)
+
+
+def full_check(obj, item: Reader, *, exclude: tuple[str, ...] = ()) -> None:
+    """Run the model's field validators and its normalize(); report problems at the item."""
+    try:
+        obj.clean_fields(exclude=[*exclude, "id"])
+    except ValidationError as exc:
+        report_validation(item, exc)
+    try:
+        obj.normalize()
+    except ValidationError as exc:
+        report_validation(item, exc)
+
+
+def report_validation(item: Reader, exc: ValidationError) -> None:
+    if hasattr(exc, "error_dict"):
+        for key, errors in exc.message_dict.items():
+            for message in errors:
+                item.problem(None if key == "__all__" else key, message)
+    else:
+        for message in exc.messages:
+            item.problem(None, message)
+
+
+_sections: list[Section] = []
+
+
+def register(section: Section) -> None:
+    """Add a section; sections apply in registration order and prune in reverse."""
+    if any(s.key == section.key for s in _sections):
+        return
+    _sections.append(section)
+
+
+def sections() -> list[Section]:
+    return list(_sections)
+
+
+def export_document() -> dict[str, Any]:
+    document: dict[str, Any] = {"version": FORMAT_VERSION}
+    for section in _sections:
+        objects = sorted(section.queryset(), key=section.name_of)
+        document[section.key] = [section.export(obj) for obj in objects]
+    return document
+
+
+def dump(document: dict[str, Any], fmt: str = "yaml") -> str:
+    if fmt == "json":
+        import json
+
+        return json.dumps(document, indent=2) + "\n"
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def parse(text: str) -> dict[str, Any]:
+    """YAML or JSON (JSON is YAML); raises ConfigError for anything that is not a mapping."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML or JSON: {exc}"]) from exc
+    if not isinstance(document, dict):
+        raise ConfigError(["the document must be a mapping with 'version' and section lists"])
+    return document
+
+
+def plan(document: dict[str, Any], *, prune: bool = False) -> Plan:
+    """Validate the whole document against the database and say what applying it would change."""
+    ctx = Context()
+    result = Plan()
+    known = {s.key for s in _sections}
+    version = document.get("version")
+    if version != FORMAT_VERSION:
+        ctx.problem("version", f"must be {FORMAT_VERSION}, got {version!r}")
+    for key in sorted(set(document) - known - {"version"}):
+        ctx.problem(key, f"unknown section (known: {', '.join(sorted(known))})")
+
+    pending_deletes: list[tuple[Section, list[models.Model]]] = []
+    for section in _sections:
+        existing = {section.name_of(obj): obj for obj in section.queryset()}
+        items = document.get(section.key)
+        if items is None:
+            ctx.final[section.key] = dict(existing)
+            continue
+        if not isinstance(items, list):
+            ctx.problem(section.key, "must be a list")
+            ctx.final[section.key] = dict(existing)
+            continue
+        final: dict[str, models.Model] = {}
+        for index, data in enumerate(items):
+            where = f"{section.key}[{index}]"
+            if not isinstance(data, dict):
+                ctx.problem(where, "must be a mapping")
+                continue
+            name = data.get(section.natural_key)
+            if not isinstance(name, str) or not name:
+                ctx.problem(f"{where}.{section.natural_key}", "is required and must be a string")
+                continue
+            where = f"{where} ({name})"
+            if name in final:
+                ctx.problem(where, f"{section.natural_key} {name!r} appears twice")
+                continue
+            current = existing.get(name)
+            obj = section.model.objects.get(pk=current.pk) if current is not None else section.model()
+            item = Reader(data, where, ctx)
+            section.build(item, obj, ctx)
+            item.finish()
+            final[name] = obj
+            if current is None:
+                result.changes.append(Change("create", section.key, name))
+                result.saves.append(obj)
+            else:
+                changed = tuple(f for f in section.compared if getattr(obj, f) != getattr(current, f))
+                if changed:
+                    result.changes.append(Change("update", section.key, name, changed))
+                    result.saves.append(obj)
+        leftovers = [obj for name, obj in existing.items() if name not in final]
+        if prune:
+            pending_deletes.append((section, leftovers))
+        else:
+            final.update({section.name_of(obj): obj for obj in leftovers})
+        ctx.final[section.key] = final
+        section.validate_final(final, ctx)
+
+    for section, leftovers in reversed(pending_deletes):
+        for obj in sorted(leftovers, key=section.name_of):
+            result.changes.append(Change("delete", section.key, section.name_of(obj)))
+            result.deletes.append(obj)
+    if ctx.problems:
+        raise ConfigError(ctx.problems)
+    return result
+
+
+def apply(result: Plan) -> None:
+    """Write a plan in one transaction: every change lands, or none does."""
+    by_model = {s.model: s for s in _sections}
+    with transaction.atomic():
+        for obj in result.saves:
+            by_model[type(obj)].save(obj)
+        for obj in result.deletes:
+            obj.delete()
+
+
+class UpstreamSection(Section):
+    key = "upstreams"
+    fields = (
+        ("base_url", str),
+        ("connect_timeout", (int, float)),
+        ("read_timeout", (int, float)),
+        ("deadline", (int, float)),
+        ("max_retries", int),
+        ("backoff_factor", (int, float)),
+        ("backoff_max", (int, float)),
+        ("backoff_jitter", (int, float)),
+        ("tls_verify", bool),
+        ("enabled", bool),
+    )
+    compared = (*(name for name, _ in fields), "retry_on_statuses")
+
+    @property
+    def model(self):
+        from proxy.models import Upstream
+
+        return Upstream
+
+    def export(self, obj) -> dict[str, Any]:
+        item = {"name": obj.name, **{name: getattr(obj, name) for name, _ in self.fields}}
+        item["retry_on_statuses"] = [int(s) for s in obj.retry_on_statuses.split(",") if s]
+        return item
+
+    def build(self, item: Reader, obj, ctx: Context) -> None:
+        obj.name = item.get("name", str)
+        apply_fields(obj, item, self.fields)
+        statuses = item.get("retry_on_statuses", list, [502, 503, 504])
+        if statuses is not None:
+            if all(isinstance(s, int) and not isinstance(s, bool) for s in statuses):
+                obj.retry_on_statuses = ",".join(str(s) for s in statuses)
+            else:
+                item.problem("retry_on_statuses", "must be a list of status codes")
+        full_check(obj, item)
+
+
+class RouteSection(Section):
+    key = "routes"
+    fields = (
+        ("path_prefix", str),
+        ("host", str),
+        ("strip_prefix", bool),
+        ("max_body_bytes", int),
+        ("description", str),
+        ("enabled", bool),
+    )
+    compared = (*(name for name, _ in fields), "methods", "upstream_id")
+
+    @property
+    def model(self):
+        from proxy.models import Route
+
+        return Route
+
+    def queryset(self):
+        return self.model.objects.select_related("upstream")
+
+    def export(self, obj) -> dict[str, Any]:
+        item = {"name": obj.name, **{name: getattr(obj, name) for name, _ in self.fields}}
+        item["methods"] = [m for m in obj.methods.split(",") if m]
+        item["upstream"] = obj.upstream.name
+        return item
+
+    def build(self, item: Reader, obj, ctx: Context) -> None:
+        obj.name = item.get("name", str)
+        apply_fields(obj, item, self.fields)
+        methods = item.get("methods", list, [])
+        if methods is not None:
+            if all(isinstance(m, str) for m in methods):
+                obj.methods = ",".join(methods)
+            else:
+                item.problem("methods", "must be a list of method names")
+        upstream_name = item.get("upstream", str)
+        upstream = ctx.final.get("upstreams", {}).get(upstream_name)
+        if upstream_name is not None and upstream is None:
+            item.problem("upstream", f"no upstream named {upstream_name!r}")
+        elif upstream is not None:
+            obj.upstream = upstream
+        full_check(obj, item, exclude=("upstream",))
+
+    def validate_final(self, objects, ctx: Context) -> None:
+        upstreams = ctx.final.get("upstreams", {})
+        enabled = sorted((r for r in objects.values() if r.enabled), key=lambda r: r.name)
+        for index, route in enumerate(enabled):
+            upstream = getattr(route, "upstream", None)
+            if upstream is not None and upstream.name not in upstreams:
+                ctx.problem(f"routes ({route.name})", f"its upstream {upstream.name!r} would be deleted")
+            conflict = route.find_conflict(enabled[index + 1 :])
+            if conflict is not None:
+                ctx.problem(f"routes ({route.name})", route.conflict_message(conflict))

@@ -1,0 +1,194 @@
+"""Sending one client request to its upstream: pooled connections, per-upstream urllib3 `Retry`, a deadline.
+
+The retry loop is ours so that every attempt gets a timeout cut to the time left, every attempt's outcome
+reaches the circuit breaker, and the deadline bounds the whole exchange. The decisions themselves are
+urllib3's: `Retry.increment` (what may be retried: connection errors for any method, read errors and
+listed statuses only for idempotent methods, within the counters), `get_backoff_time` (exponential backoff
+with jitter) and `get_retry_after`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import urllib3
+from django.conf import settings
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    InvalidHeader,
+    MaxRetryError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
+from urllib3.response import BaseHTTPResponse
+
+from proxy.routing import UpstreamTarget
+
+logger = logging.getLogger(__name__)
+
+
+class UpstreamFailed(Exception):
+    """No usable response: `timeout` is True when time ran out (504), False when the upstream failed (502)."""
+
+    def __init__(self, message: str, *, timeout: bool, attempts: int, retries: int) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.attempts = attempts
+        self.retries = retries
+
+
+class ClientBodyError(Exception):
+    """Reading the client's request body failed: it disconnected, or sent more than it announced."""
+
+
+class BodyTooLarge(ClientBodyError):
+    """A body without Content-Length grew past the route's limit while it was being forwarded."""
+
+
+class AttemptObserver(Protocol):
+    """Told about every attempt (retries included); the circuit breaker implements it."""
+
+    def attempt_finished(self, *, status: int | None, error: Exception | None, elapsed: float) -> None: ...
+
+    def may_continue(self) -> bool: ...
+
+
+@dataclass(slots=True)
+class Exchange:
+    response: BaseHTTPResponse
+    attempts: int
+    retries: int
+    upstream_seconds: float
+
+
+_pools_lock = threading.Lock()
+_pool_manager: urllib3.PoolManager | None = None
+
+
+def pool_manager() -> urllib3.PoolManager:
+    """The worker's one PoolManager: keep-alive connections per upstream, sized to the worker's concurrency."""
+    global _pool_manager
+    if _pool_manager is None:
+        with _pools_lock:
+            if _pool_manager is None:
+                _pool_manager = urllib3.PoolManager(
+                    num_pools=settings.GATEWAY_POOL_NUM_POOLS,
+                    maxsize=settings.GATEWAY_POOL_MAXSIZE,
+                    block=False,
+                    retries=False,
+                )
+    return _pool_manager
+
+
+def _is_timeout(error: Exception) -> bool:
+    return isinstance(error, ReadTimeoutError) or (
+        isinstance(error, ConnectTimeoutError) and not isinstance(error, NewConnectionError)
+    )
+
+
+def discard(response: BaseHTTPResponse) -> None:
+    """Throw away a response we will not relay; keep its connection only if the body is small and complete."""
+    try:
+        length = response.length_remaining
+        if length is not None and length <= 65536:
+            response.drain_conn()
+        else:
+            response.close()
+    finally:
+        response.release_conn()
+
+
+def send(
+    upstream: UpstreamTarget,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body,
+    *,
+    replayable: bool,
+    chunked: bool = False,
+    observer: AttemptObserver | None = None,
+    sleep=time.sleep,
+    clock=time.monotonic,
+) -> Exchange:
+    """Send the request, retrying as the upstream's policy allows, until a response or the deadline."""
+    pool = pool_manager().connection_from_host(
+        upstream.host, upstream.port, upstream.scheme, pool_kwargs=upstream.pool_kwargs or None
+    )
+    retry = upstream.retry if replayable else upstream.retry.new(read=0, status=0)
+    started = clock()
+    deadline = started + upstream.deadline
+    attempts = 0
+    while True:
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise UpstreamFailed("deadline exceeded", timeout=True, attempts=attempts, retries=max(attempts - 1, 0))
+        attempts += 1
+        attempt_started = clock()
+        try:
+            response = pool.urlopen(
+                method,
+                url,
+                body=body,
+                headers=headers,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                timeout=upstream.timeout
+                if remaining >= upstream.connect_timeout and remaining >= upstream.read_timeout
+                else urllib3.Timeout(
+                    connect=min(upstream.connect_timeout, remaining), read=min(upstream.read_timeout, remaining)
+                ),
+                preload_content=False,
+                decode_content=False,
+                release_conn=False,
+                chunked=chunked,
+            )
+        except ClientBodyError:
+            raise
+        except HTTPError as error:
+            if observer is not None:
+                observer.attempt_finished(status=None, error=error, elapsed=clock() - attempt_started)
+            try:
+                retry = retry.increment(method, url, error=error)
+            except (MaxRetryError, HTTPError):
+                raise UpstreamFailed(
+                    str(error), timeout=_is_timeout(error), attempts=attempts, retries=attempts - 1
+                ) from error
+            wait = retry.get_backoff_time()
+            if clock() + wait >= deadline or (observer is not None and not observer.may_continue()):
+                raise UpstreamFailed(
+                    str(error), timeout=_is_timeout(error), attempts=attempts, retries=attempts - 1
+                ) from error
+            logger.info("retrying upstream", extra={"upstream": upstream.name, "reason": type(error).__name__})
+            sleep(wait)
+            continue
+
+        status = response.status
+        if observer is not None:
+            observer.attempt_finished(status=status, error=None, elapsed=clock() - attempt_started)
+        if status in retry.status_forcelist and retry.is_retry(method, status):
+            try:
+                next_retry = retry.increment(method, url, response=response)
+            except MaxRetryError:
+                return Exchange(response, attempts, attempts - 1, clock() - started)
+            try:
+                wait = next_retry.get_retry_after(response)
+            except InvalidHeader:
+                wait = None
+            if wait is None:
+                wait = next_retry.get_backoff_time()
+            # A Retry-After (or backoff) longer than the time left ends the retries: relay this answer.
+            if clock() + wait >= deadline or (observer is not None and not observer.may_continue()):
+                return Exchange(response, attempts, attempts - 1, clock() - started)
+            discard(response)
+            logger.info("retrying upstream", extra={"upstream": upstream.name, "reason": f"status {status}"})
+            retry = next_retry
+            sleep(wait)
+            continue
+        return Exchange(response, attempts, attempts - 1, clock() - started)

@@ -1,0 +1,122 @@
+"""Header hygiene in both directions (RFC 9110 §7.6.1) and the headers the gateway owns.
+
+Hop-by-hop headers, and every header a `Connection` header names, describe one connection and are never
+passed on. Headers that say who the client is or how it reached us are the gateway's: a client's values are
+replaced, never forwarded, except that a trusted proxy's `X-Forwarded-*` chain is extended.
+"""
+
+from __future__ import annotations
+
+from urllib3.util import SKIP_HEADER
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+#: Request headers a client may not set: the gateway writes them (or, for Expect, already answered them).
+GATEWAY_REQUEST_HEADERS = frozenset(
+    {
+        "host",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-real-ip",
+        "x-request-id",
+        "via",
+        "expect",
+    }
+)
+
+#: Upstream response headers replaced by the gateway's own (gunicorn writes Server and Date).
+GATEWAY_RESPONSE_HEADERS = frozenset({"server", "date", "x-request-id"})
+
+
+def _environ_key(name: str) -> str:
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
+_DROP_REQUEST_KEYS = frozenset(_environ_key(n) for n in HOP_BY_HOP | GATEWAY_REQUEST_HEADERS)
+_DROP_RESPONSE = HOP_BY_HOP | GATEWAY_RESPONSE_HEADERS
+_NAME_CACHE: dict[str, str] = {}
+_NAME_CACHE_MAX = 4096
+
+
+def _header_name(environ_key: str) -> str:
+    name = _NAME_CACHE.get(environ_key)
+    if name is None:
+        name = environ_key[5:].replace("_", "-").title()
+        if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+            _NAME_CACHE[environ_key] = name
+    return name
+
+
+def connection_tokens(value: str | None) -> set[str]:
+    """Lower-case header names listed in a Connection header."""
+    if not value:
+        return set()
+    return {token.strip().lower() for token in value.split(",") if token.strip()}
+
+
+def upstream_request_headers(
+    environ: dict,
+    *,
+    host_header: str,
+    client_ip: str,
+    peer_trusted: bool,
+    scheme: str,
+    request_id: str,
+    via: str,
+    prefix: str | None,
+) -> dict[str, str]:
+    """The headers sent upstream for this request (content framing headers are added by the caller)."""
+    drop = _DROP_REQUEST_KEYS
+    connection = environ.get("HTTP_CONNECTION")
+    if connection:
+        drop = drop | {_environ_key(token) for token in connection_tokens(connection)}
+    headers: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_") and key not in drop:
+            headers[_header_name(key)] = value
+    content_type = environ.get("CONTENT_TYPE")
+    if content_type:
+        headers["Content-Type"] = content_type
+
+    peer = environ.get("REMOTE_ADDR", "")
+    prior = environ.get("HTTP_X_FORWARDED_FOR") if peer_trusted else None
+    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else client_ip
+    headers["X-Forwarded-Proto"] = scheme
+    forwarded_host = environ.get("HTTP_X_FORWARDED_HOST") if peer_trusted else None
+    headers["X-Forwarded-Host"] = forwarded_host or environ.get("HTTP_HOST", "")
+    if prefix:
+        headers["X-Forwarded-Prefix"] = prefix
+    protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")[5:]
+    prior_via = environ.get("HTTP_VIA")
+    headers["Via"] = f"{prior_via}, {protocol} {via}" if prior_via else f"{protocol} {via}"
+    headers["X-Request-ID"] = request_id
+    headers["Host"] = host_header
+    # Without these, http.client would add its own User-Agent and Accept-Encoding.
+    headers.setdefault("User-Agent", SKIP_HEADER)
+    headers.setdefault("Accept-Encoding", SKIP_HEADER)
+    return headers
+
+
+def client_response_headers(upstream_headers) -> list[tuple[str, str]]:
+    """The upstream's response headers as (name, value) lines, repeated ones (Set-Cookie) kept apart."""
+    drop = _DROP_RESPONSE
+    connection = upstream_headers.get("Connection")
+    if connection:
+        drop = drop | connection_tokens(connection)
+    return [(name, value) for name, value in upstream_headers.iteritems() if name.lower() not in drop]

@@ -1,0 +1,85 @@
+"""Route matching: decides, per request, whether the gateway serves it itself or proxies it.
+
+Paths the gateway serves (admin, health, metrics, API, demo) continue down Django's middleware and URLconf.
+Every other request is matched against the compiled route table and, when a route matches, handed to the
+gateway pipeline: the middleware named in GATEWAY_PIPELINE (rate limits, circuit breaker), then the proxy
+view. Django's own middleware (sessions, CSRF, security and clickjacking headers) never touches a proxied
+request or its upstream's response.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.core.exceptions import DisallowedHost
+from django.http import HttpRequest, HttpResponseBase
+from django.utils.module_loading import import_string
+
+from gateway_project.responses import json_error
+from proxy import runtime
+from proxy.client_ip import in_networks
+from proxy.paths import BadPath, parse_target
+from proxy.routing import MethodNotAllowed
+from proxy.views import proxy
+
+logger = logging.getLogger(__name__)
+
+
+def build_pipeline(paths: list[str], endpoint):
+    handler = endpoint
+    for path in reversed(paths):
+        handler = import_string(path)(handler)
+    return handler
+
+
+def _under(path: str, prefixes: tuple[str, ...]) -> str | None:
+    for prefix in prefixes:
+        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+            return prefix
+    return None
+
+
+class RouteMiddleware:
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+        self.reserved = settings.GATEWAY_RESERVED_PREFIXES
+        self.admin_prefixes = settings.GATEWAY_ADMIN_PREFIXES
+        self.admin_networks = settings.GATEWAY_ADMIN_ALLOWED_NETWORKS
+        self.demo = settings.GATEWAY_DEMO
+        self.pipeline = build_pipeline(settings.GATEWAY_PIPELINE, proxy)
+        runtime.start()
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        path = request.path_info
+        own = _under(path, self.reserved)
+        if own is not None:
+            if _under(path, self.admin_prefixes) and not in_networks(request.client_ip, self.admin_networks):
+                return json_error(request, 403, "forbidden", "The admin is not reachable from this address.")
+            if own == "/_demo" and not self.demo:
+                return json_error(request, 404, "no_route", "No route matches this request.")
+            return self.get_response(request)
+
+        try:
+            target = parse_target(request.environ)
+        except BadPath as exc:
+            return json_error(request, 400, "bad_path", f"The request path cannot be forwarded: {exc}.")
+        try:
+            host = request.get_host()
+        except DisallowedHost:
+            return json_error(request, 400, "bad_host", "The Host header is not one this gateway serves.")
+        hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        match = runtime.get("routes").match(hostname.lower(), target.path, request.method)
+        if match is None:
+            return json_error(request, 404, "no_route", "No route matches this request.")
+        if isinstance(match, MethodNotAllowed):
+            response = json_error(request, 405, "method_not_allowed", f"This route accepts {', '.join(match.allowed)}.")
+            response["Allow"] = ", ".join(match.allowed)
+            return response
+        request.gateway_route = match
+        request.gateway_target = target
+        try:
+            return self.pipeline(request)
+        except Exception:
+            logger.exception("unhandled error while proxying")
+            return json_error(request, 500, "internal_error", "The gateway failed to handle this request.")

@@ -1,0 +1,221 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from proxy import validation
+
+
+class Upstream(models.Model):
+    """A service behind the gateway: where requests go and how hard the gateway tries."""
+
+    name = models.CharField(
+        max_length=63,
+        unique=True,
+        validators=[validation.validate_name],
+        help_text="Unique; used in logs, metrics and breaker state. Letters, digits, '.', '_' and '-'.",
+    )
+    base_url = models.CharField(
+        "base URL",
+        max_length=500,
+        help_text="http:// or https:// URL, optionally with a base path, e.g. http://orders.internal:8080/v1. "
+        "No credentials, query string or fragment.",
+    )
+    connect_timeout = models.FloatField(
+        default=2.0,
+        validators=[MinValueValidator(0.001), MaxValueValidator(300)],
+        help_text="Seconds to wait for a TCP (and TLS) connection to the upstream.",
+    )
+    read_timeout = models.FloatField(
+        default=30.0,
+        validators=[MinValueValidator(0.001), MaxValueValidator(3600)],
+        help_text="Seconds to wait for the upstream between bytes of its response.",
+    )
+    deadline = models.FloatField(
+        default=60.0,
+        validators=[MinValueValidator(0.001), MaxValueValidator(3600)],
+        help_text="Total seconds, across all attempts and backoff, until the upstream's response headers arrive. "
+        "Retries never run past it.",
+    )
+    max_retries = models.PositiveSmallIntegerField(
+        default=2,
+        validators=[MaxValueValidator(10)],
+        help_text="Retries after the first attempt. Only idempotent methods are retried once a request may have "
+        "reached the upstream; a refused connection is retried for any method.",
+    )
+    backoff_factor = models.FloatField(
+        default=0.1,
+        validators=[MinValueValidator(0), MaxValueValidator(60)],
+        help_text="urllib3 exponential backoff: the n-th retry after the first waits factor * 2^(n-1) seconds.",
+    )
+    backoff_max = models.FloatField(
+        default=2.0,
+        validators=[MinValueValidator(0), MaxValueValidator(300)],
+        help_text="Upper bound of one backoff wait, in seconds.",
+    )
+    backoff_jitter = models.FloatField(
+        default=0.1,
+        validators=[MinValueValidator(0), MaxValueValidator(60)],
+        help_text="Random seconds (0 to this value) added to each backoff wait.",
+    )
+    retry_on_statuses = models.CharField(
+        "retry on statuses",
+        max_length=200,
+        default="502,503,504",
+        blank=True,
+        help_text="Comma-separated upstream status codes that are retried (idempotent methods only).",
+    )
+    tls_verify = models.BooleanField(
+        "verify TLS",
+        default=True,
+        help_text="Verify the upstream's certificate for https:// base URLs.",
+    )
+    enabled = models.BooleanField(default=True, help_text="A disabled upstream answers 503 on every route to it.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        self.normalize()
+
+    def normalize(self) -> None:
+        """Validate and canonicalize the fields with rules beyond their type; raise ValidationError."""
+        errors = {}
+        try:
+            self.base_url = validation.normalize_base_url(self.base_url)
+        except ValidationError as exc:
+            errors["base_url"] = exc
+        try:
+            self.retry_on_statuses = validation.normalize_statuses(self.retry_on_statuses)
+        except ValidationError as exc:
+            errors["retry_on_statuses"] = exc
+        if errors:
+            raise ValidationError(errors)
+
+
+class Route(models.Model):
+    """A path prefix (and optionally a host) that the gateway forwards to an upstream."""
+
+    name = models.CharField(
+        max_length=63,
+        unique=True,
+        validators=[validation.validate_name],
+        help_text="Unique; used in logs and metrics.",
+    )
+    path_prefix = models.CharField(
+        max_length=300,
+        help_text="Requests whose path is this prefix or lies below it match, segment by segment: /api matches "
+        "/api and /api/users but not /apis. The longest matching prefix wins.",
+    )
+    host = models.CharField(
+        max_length=253,
+        blank=True,
+        default="",
+        help_text="Match only this Host (api.example.com, or *.example.com for any subdomain). Empty: any host. "
+        "A route with a matching host is preferred over one without.",
+    )
+    methods = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        help_text="Comma-separated methods this route accepts (GET implies HEAD); empty accepts all. Another "
+        "method on this prefix answers 405.",
+    )
+    strip_prefix = models.BooleanField(
+        default=True,
+        help_text="Remove the path prefix before forwarding: /api/users on prefix /api goes upstream as "
+        "<base path>/users.",
+    )
+    upstream = models.ForeignKey(Upstream, on_delete=models.PROTECT, related_name="routes")
+    max_body_bytes = models.PositiveBigIntegerField(
+        "max body bytes",
+        null=True,
+        blank=True,
+        help_text="Largest request body accepted, in bytes; larger requests get 413 before the upstream is "
+        "contacted. Empty: the gateway default (GATEWAY_MAX_BODY_BYTES). 0: no limit.",
+    )
+    description = models.TextField(blank=True, default="")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["path_prefix", "host", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def method_set(self) -> frozenset[str] | None:
+        """The methods this route accepts, HEAD included with GET; None for all."""
+        if not self.methods:
+            return None
+        methods = set(self.methods.split(","))
+        if "GET" in methods:
+            methods.add("HEAD")
+        return frozenset(methods)
+
+    def clean(self) -> None:
+        self.normalize()
+        if self.enabled:
+            conflict = self.find_conflict(Route.objects.filter(enabled=True).exclude(pk=self.pk))
+            if conflict is not None:
+                raise ValidationError(self.conflict_message(conflict))
+
+    def normalize(self) -> None:
+        """Validate and canonicalize prefix, host and methods; raise ValidationError."""
+        errors = {}
+        for field, normalize in (
+            ("path_prefix", lambda v: validation.normalize_prefix(v, settings.GATEWAY_RESERVED_PREFIXES)),
+            ("host", validation.normalize_host),
+            ("methods", validation.normalize_methods),
+        ):
+            try:
+                setattr(self, field, normalize(getattr(self, field)))
+            except ValidationError as exc:
+                errors[field] = exc
+        if errors:
+            raise ValidationError(errors)
+
+    def conflict_message(self, other: Route) -> str:
+        return (
+            f"Route {other.name!r} already matches the same requests (prefix {other.path_prefix}, host "
+            f"{other.host or 'any'}, methods {other.methods or 'all'}). Change the prefix, host or methods, or "
+            "disable one of them."
+        )
+
+    def find_conflict(self, others) -> Route | None:
+        """The first of `others` that would match exactly the requests this route matches, at the same rank."""
+        mine = self.method_set
+        for other in others:
+            if other.path_prefix != self.path_prefix or other.host != self.host:
+                continue
+            theirs = other.method_set
+            if mine is None or theirs is None or mine & theirs:
+                return other
+        return None
+
+
+class ConfigRevision(models.Model):
+    """A single row counting configuration changes; workers reload their compiled tables when it moves.
+
+    `token` changes with every change and never repeats, so a restored backup or a re-created row (whose
+    revision number may repeat an old one) is still noticed as new.
+    """
+
+    revision = models.BigIntegerField(default=1)
+    token = models.CharField(max_length=32, default="initial")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "configuration revision"
+
+    def __str__(self) -> str:
+        return f"revision {self.revision} ({self.token[:8]})"

@@ -1,0 +1,190 @@
+"""The configuration a worker serves from, and how every worker follows changes within a second.
+
+Each app registers a loader that compiles its part of the configuration (the route table, rate-limit
+policies, breaker settings) from the database. A worker serves from one immutable `Snapshot` of all parts and
+swaps it whole when the configuration revision moves; requests never read the database.
+
+How a change travels: saving a tracked model bumps the `ConfigRevision` row in the same transaction; after
+commit the new revision is written to Redis. A watcher thread in every worker reads that key every
+GATEWAY_CONFIG_POLL_INTERVAL (250 ms) and reloads from the database when it differs from what it serves. The
+database stays the source of truth: the watcher also compares against it every few seconds, and on every poll
+while Redis is unreachable, so a lost publish or a flushed Redis delays a change but never loses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.db.models import F
+from django.db.models.signals import post_delete, post_save
+from redis.exceptions import RedisError
+
+from gateway_project import store
+
+logger = logging.getLogger(__name__)
+
+REVISION_TTL = 24 * 3600
+DB_CHECK_INTERVAL = 5.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    revision: int
+    token: str = ""
+    parts: dict[str, Any] = field(default_factory=dict)
+    loaded_at: float = 0.0
+
+    def __getitem__(self, name: str) -> Any:
+        return self.parts[name]
+
+
+@dataclass(frozen=True)
+class _Loader:
+    load: Callable[[], Any]
+    empty: Any
+
+
+_loaders: dict[str, _Loader] = {}
+_current = Snapshot(revision=0)
+_lock = threading.Lock()
+
+
+def register(name: str, load: Callable[[], Any], *, empty: Any, models: tuple = ()) -> None:
+    """Add a configuration part; saving or deleting any of `models` bumps the revision."""
+    global _current
+    _loaders[name] = _Loader(load, empty)
+    if name not in _current.parts:
+        _current = Snapshot(_current.revision, _current.token, {**_current.parts, name: empty}, _current.loaded_at)
+    for model in models:
+        uid = f"gateway-config-{model._meta.label}"
+        post_save.connect(_changed, sender=model, dispatch_uid=uid + "-save")
+        post_delete.connect(_changed, sender=model, dispatch_uid=uid + "-delete")
+
+
+def current() -> Snapshot:
+    return _current
+
+
+def get(name: str) -> Any:
+    return _current.parts[name]
+
+
+def revision_key() -> str:
+    return store.key("config", "revision")
+
+
+def _changed(sender, **kwargs) -> None:
+    bump()
+
+
+def bump() -> int:
+    """Count a configuration change; workers pick it up once the surrounding transaction commits."""
+    from proxy.models import ConfigRevision
+
+    token = uuid.uuid4().hex
+    with transaction.atomic():
+        if not ConfigRevision.objects.filter(pk=1).update(revision=F("revision") + 1, token=token):
+            ConfigRevision.objects.create(pk=1, revision=1, token=token)
+        revision = ConfigRevision.objects.values_list("revision", flat=True).get(pk=1)
+    transaction.on_commit(lambda: publish(token))
+    return revision
+
+
+def db_state() -> tuple[int, str]:
+    """(revision, token) of the configuration in the database."""
+    from proxy.models import ConfigRevision
+
+    return ConfigRevision.objects.filter(pk=1).values_list("revision", "token").first() or (0, "")
+
+
+def describe(revision: int, token: str) -> str:
+    return f"revision {revision} ({token[:8]})"
+
+
+def publish(token: str) -> None:
+    try:
+        store.ops_client().set(revision_key(), token, ex=REVISION_TTL)
+    except RedisError as exc:
+        logger.warning(
+            "config change not published to Redis; workers will see it through the database within %.0f s",
+            DB_CHECK_INTERVAL,
+            extra={"error": str(exc)},
+        )
+
+
+def load() -> Snapshot:
+    """Compile every part from the database and serve it from now on."""
+    global _current
+    with _lock:
+        revision, token = db_state()
+        parts = {name: loader.load() for name, loader in _loaders.items()}
+        _current = Snapshot(revision, token, parts, time.time())
+    logger.info("configuration loaded", extra={"revision": revision, "routes": len(parts.get("routes", ()))})
+    return _current
+
+
+class Watcher(threading.Thread):
+    def __init__(self, interval: float) -> None:
+        super().__init__(name="gateway-config-watcher", daemon=True)
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.last_db_check = 0.0
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                self.poll()
+            except Exception:
+                logger.exception("configuration reload failed; still serving revision %s", _current.revision)
+                close_old_connections()
+                connection.close()
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        try:
+            raw = store.client().get(revision_key())
+            hinted, redis_ok = (raw.decode() if raw is not None else None), True
+        except RedisError:
+            hinted, redis_ok = None, False
+        since_db = now - self.last_db_check
+        if hinted is not None and hinted == _current.token and since_db < DB_CHECK_INTERVAL:
+            return
+        if not redis_ok and since_db < 1.0:
+            return
+        self.last_db_check = now
+        _, token = db_state()
+        if token != _current.token or not _current.loaded_at:
+            load()
+        if redis_ok and hinted != token:
+            publish(token)
+
+
+_watcher: Watcher | None = None
+_watcher_pid: int | None = None
+
+
+def start() -> None:
+    """Load the configuration and, unless GATEWAY_CONFIG_WATCH is off, follow it (once per process)."""
+    global _watcher, _watcher_pid
+    if _watcher_pid == os.getpid():
+        return
+    _watcher_pid = os.getpid()
+    try:
+        load()
+    except Exception:
+        logger.exception("initial configuration load failed; retrying in the background")
+        connection.close()
+    finally:
+        close_old_connections()
+    if settings.GATEWAY_CONFIG_WATCH:
+        _watcher = Watcher(settings.GATEWAY_CONFIG_POLL_INTERVAL)
+        _watcher.start()

@@ -1,0 +1,232 @@
+"""The proxy view: forward the matched request to its upstream and stream the answer back.
+
+Bodies stream in both directions in 64 KiB pieces. A request body small enough to replay
+(GATEWAY_RETRY_BUFFER_BYTES) is read first so that retries can resend it; a larger one streams straight
+through and only a refused connection is retried. A response with a short, known length is read whole and
+its connection returned to the pool at once; anything else streams.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+
+from gateway_project.responses import json_error
+from proxy import forwarding, headers
+from proxy.forwarding import BodyTooLarge, ClientBodyError, UpstreamFailed
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+SMALL_RESPONSE = 64 * 1024
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class _UpstreamHeaders:
+    """Relays the upstream's header lines as they came (repeated Set-Cookie included) after the gateway's."""
+
+    upstream_headers: list[tuple[str, str]]
+
+    def items(self):
+        return [*self.headers.items(), *self.upstream_headers]
+
+
+class UpstreamResponse(_UpstreamHeaders, HttpResponse):
+    pass
+
+
+class UpstreamStreamingResponse(_UpstreamHeaders, StreamingHttpResponse):
+    pass
+
+
+class UpstreamBody:
+    """Iterates the upstream body without decoding it; returns or closes the connection when done."""
+
+    __slots__ = ("complete", "response", "sent")
+
+    def __init__(self, response) -> None:
+        self.response = response
+        self.complete = False
+        self.sent = 0
+
+    def __iter__(self):
+        read1 = self.response.read1
+        while True:
+            chunk = read1(CHUNK, decode_content=False)
+            if not chunk:
+                break
+            self.sent += len(chunk)
+            yield chunk
+        self.complete = True
+
+    def close(self) -> None:
+        response = self.response
+        if not self.complete:
+            # The client went away or the upstream broke off: this connection cannot be reused.
+            response.close()
+        response.release_conn()
+
+
+def _request_body(request: HttpRequest, limit: int):
+    """(body, replayable, chunked) for urllib3, or an error response for a body we will not forward."""
+    environ = request.environ
+    stream = environ["wsgi.input"]
+    length_header = environ.get("CONTENT_LENGTH")
+    if length_header:
+        try:
+            length = int(length_header)
+        except ValueError:
+            length = -1
+        if length < 0:
+            return json_error(request, 400, "bad_request", "Content-Length is not a valid length."), False, False
+        if limit and length > limit:
+            return _too_large(request, limit), False, False
+        if length <= settings.GATEWAY_RETRY_BUFFER_BYTES:
+            data = _read_exactly(stream, length)
+            if data is None:
+                return json_error(request, 400, "bad_request", "The request body ended early."), False, False
+            return data, True, False
+        return _stream_fixed(stream, length), False, False
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        buffer_limit = settings.GATEWAY_RETRY_BUFFER_BYTES
+        head = stream.read(buffer_limit + 1)
+        if limit and len(head) > limit:
+            return _too_large(request, limit), False, False
+        if len(head) <= buffer_limit:
+            return head, True, False
+        return _stream_chunked(stream, head, limit), False, True
+    return None, True, False
+
+
+def _too_large(request: HttpRequest, limit: int) -> HttpResponse:
+    return json_error(
+        request, 413, "body_too_large", f"The request body is larger than this route accepts ({limit} bytes)."
+    )
+
+
+def _read_exactly(stream, length: int) -> bytes | None:
+    if length == 0:
+        return b""
+    parts, remaining = [], length
+    while remaining:
+        data = stream.read(min(remaining, CHUNK))
+        if not data:
+            return None
+        parts.append(data)
+        remaining -= len(data)
+    return b"".join(parts)
+
+
+def _stream_fixed(stream, length: int):
+    remaining = length
+    while remaining:
+        data = stream.read(min(remaining, CHUNK))
+        if not data:
+            raise ClientBodyError("the client closed the request body early")
+        remaining -= len(data)
+        yield data
+
+
+def _stream_chunked(stream, head: bytes, limit: int):
+    sent = len(head)
+    yield head
+    while True:
+        data = stream.read(CHUNK)
+        if not data:
+            return
+        sent += len(data)
+        if limit and sent > limit:
+            raise BodyTooLarge(f"the request body exceeded {limit} bytes")
+        yield data
+
+
+def proxy(request: HttpRequest) -> HttpResponseBase:
+    route = request.gateway_route
+    upstream = route.upstream
+    if not upstream.enabled:
+        return json_error(request, 503, "upstream_disabled", "This upstream is disabled.", upstream=upstream.name)
+
+    body, replayable, chunked = _request_body(request, route.max_body_bytes)
+    if isinstance(body, HttpResponseBase):
+        return body
+
+    target = request.gateway_target
+    url = route.forward_path(target.raw_path)
+    if target.query:
+        url = f"{url}?{target.query}"
+    upstream_headers = headers.upstream_request_headers(
+        request.environ,
+        host_header=upstream.host_header,
+        client_ip=request.client_ip,
+        peer_trusted=request.peer_trusted,
+        scheme=request.environ.get("wsgi.url_scheme", "http"),
+        request_id=request.id,
+        via=settings.GATEWAY_VIA,
+        prefix=route.prefix if route.strip_prefix and route.depth else None,
+    )
+    if not replayable and not chunked:
+        upstream_headers["Content-Length"] = request.environ["CONTENT_LENGTH"]
+
+    try:
+        exchange = forwarding.send(
+            upstream,
+            request.method,
+            url,
+            upstream_headers,
+            body,
+            replayable=replayable,
+            chunked=chunked,
+            observer=getattr(request, "breaker_observer", None),
+        )
+    except UpstreamFailed as exc:
+        request.log.update(retries=exc.retries, upstream_error=str(exc))
+        if exc.timeout:
+            return json_error(
+                request, 504, "upstream_timeout", "The upstream did not answer in time.", upstream=upstream.name
+            )
+        return json_error(
+            request, 502, "upstream_unavailable", "The upstream could not be reached.", upstream=upstream.name
+        )
+    except BodyTooLarge:
+        return _too_large(request, route.max_body_bytes)
+    except ClientBodyError as exc:
+        request.log.update(client_error=str(exc))
+        return json_error(request, 400, "bad_request", "The request body could not be read.")
+
+    request.log.update(retries=exchange.retries, upstream_ms=round(exchange.upstream_seconds * 1000, 3))
+    return _relay(request, exchange.response)
+
+
+def _relay(request: HttpRequest, upstream_response) -> HttpResponseBase:
+    status = upstream_response.status
+    lines = headers.client_response_headers(upstream_response.headers)
+    length = upstream_response.length_remaining
+    if request.method == "HEAD" or status in _NO_BODY_STATUSES or (length is not None and length <= SMALL_RESPONSE):
+        try:
+            content = (
+                b""
+                if request.method == "HEAD" or status in _NO_BODY_STATUSES
+                else upstream_response.read(decode_content=False)
+            )
+        except Exception:
+            upstream_response.close()
+            upstream_response.release_conn()
+            logger.warning("upstream response broke off", exc_info=True)
+            return json_error(
+                request,
+                502,
+                "upstream_unavailable",
+                "The upstream broke off its response.",
+                upstream=request.gateway_route.upstream.name,
+            )
+        upstream_response.release_conn()
+        response: HttpResponseBase = UpstreamResponse(content, status=status, reason=upstream_response.reason)
+    else:
+        response = UpstreamStreamingResponse(
+            UpstreamBody(upstream_response), status=status, reason=upstream_response.reason
+        )
+    del response.headers["Content-Type"]
+    response.upstream_headers = lines
+    return response

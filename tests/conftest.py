@@ -1,0 +1,95 @@
+"""Fixtures: a real redis-server, real upstream servers on loopback, and real gunicorn gateways."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from gateway_project import store
+from proxy import runtime
+from tests.support.servers import Gateway, RedisServer
+from tests.support.upstream import Upstream
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A redis-server of the suite's own. The suite fails, not skips, when none can be started."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    settings.GATEWAY_REDIS_URL = server.url
+    store.reset_clients()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_prefix(redis_server):
+    """A fresh key prefix for one test, so tests never see each other's keys."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    previous = settings.GATEWAY_REDIS_PREFIX
+    settings.GATEWAY_REDIS_PREFIX = prefix
+    yield prefix
+    settings.GATEWAY_REDIS_PREFIX = previous
+
+
+@pytest.fixture
+def redis_client(redis_server, redis_prefix):
+    return store.ops_client()
+
+
+@pytest.fixture
+def upstream():
+    server = Upstream().start()
+    yield server
+    server.stop()
+
+
+def database_url_for_gateway() -> str:
+    """The test database, as a DATABASE_URL a gunicorn process can open."""
+    params = connection.settings_dict
+    if params["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{params['NAME']}"
+    user = params.get("USER") or ""
+    password = f":{params['PASSWORD']}" if params.get("PASSWORD") else ""
+    auth = f"{user}{password}@" if user else ""
+    host = params.get("HOST") or "127.0.0.1"
+    port = f":{params['PORT']}" if params.get("PORT") else ""
+    return f"postgres://{auth}{host}{port}/{params['NAME']}"
+
+
+def start_gateway(tmp_path_factory, redis_server, *, workers: int = 2, env: dict | None = None) -> Gateway:
+    prefix = f"g{uuid.uuid4().hex[:10]}"
+    return Gateway(
+        tmp_path_factory.mktemp("gateway"),
+        redis_url=redis_server.url,
+        database_url=database_url_for_gateway(),
+        prefix=prefix,
+        workers=workers,
+        env=env,
+    ).start()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
+    """A gunicorn gateway with 2 workers, shared by the tests of one module."""
+    with django_db_blocker.unblock():
+        gw = start_gateway(tmp_path_factory, redis_server)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def live(gateway, transactional_db, redis_server):
+    """Use the module's gateway from a test: committed data, and this process publishing to its Redis prefix."""
+    previous = settings.GATEWAY_REDIS_PREFIX
+    settings.GATEWAY_REDIS_PREFIX = gateway.prefix
+    yield gateway
+    settings.GATEWAY_REDIS_PREFIX = previous
+
+
+@pytest.fixture
+def reload_config():
+    """For in-process tests (no watcher thread): compile the configuration now."""
+    return runtime.load

@@ -1,0 +1,208 @@
+"""Real servers for tests: redis-server and gunicorn processes on loopback, started and stopped by fixtures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout} s (last error: {last_error!r})")
+
+
+class RedisServer:
+    """A redis-server of our own, so tests can stop, hang and restart it without touching anything else."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed; `make test` installs it (apt-get install redis-server)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--logfile",
+                str(self.workdir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self.ping, 10, f"redis-server on port {self.port}")
+        return self
+
+    def ping(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def pause(self) -> None:
+        """Freeze the server: it keeps accepting connections (the kernel does) but never answers."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
+class Gateway:
+    """The gateway under a real gunicorn master with N gevent workers, configured through its environment."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        redis_url: str,
+        database_url: str,
+        prefix: str,
+        workers: int = 2,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.workers = workers
+        self.prefix = prefix
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "gateway_project.settings",
+            "DEBUG": "0",
+            "SECRET_KEY": "test-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
+            "ALLOWED_HOSTS": "*",
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": database_url,
+            "GATEWAY_REDIS_PREFIX": prefix,
+            "GATEWAY_LISTEN": f"127.0.0.1:{self.port}",
+            "GATEWAY_WORKERS": str(workers),
+            "GATEWAY_CONFIG_WATCH": "1",
+            "GATEWAY_LOG_LEVEL": "INFO",
+            "GATEWAY_VAR_DIR": str(workdir / "var"),
+            **(env or {}),
+        }
+        self.env.pop("GATEWAY_TEST_SQLITE", None)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = workdir / "gunicorn.log"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def start(self) -> Gateway:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        gunicorn = Path(sys.executable).with_name("gunicorn")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(gunicorn), "-c", "gunicorn.conf.py", "gateway_project.wsgi"],
+            cwd=REPO,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(self._ready, 30, f"gateway on port {self.port}", interval=0.1)
+            wait_until(lambda: len(self.worker_pids()) == self.workers, 30, "all gunicorn workers")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"gateway did not start; log:\n{self.log()[-4000:]}") from None
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+        return requests.get(self.url("/healthz"), timeout=1).status_code == 200
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if getattr(self, "_log", None):
+            self._log.close()
+            self._log = None
+
+    def wait_for_config(self, described: str, timeout: float = 5.0) -> float:
+        """Wait until several fresh connections in a row (in all likelihood, every worker) serve that config."""
+        started = time.monotonic()
+
+        def all_workers() -> bool:
+            for _ in range(4 * self.workers):
+                checks = requests.get(self.url("/readyz"), timeout=2, headers={"Connection": "close"}).json()["checks"]
+                if checks["config"] != described:
+                    return False
+            return True
+
+        wait_until(all_workers, timeout, f"config {described} on every worker", interval=0.02)
+        return time.monotonic() - started
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
