@@ -10,6 +10,7 @@ alone. Objects that exist but are not in their section are kept, or deleted with
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,6 +115,9 @@ class Reader:
             return None if default is ... else default
         if not isinstance(value, kinds):
             self.problem(key, f"expected {_kind_names(kinds)}, got {type(value).__name__}")
+            return None if default is ... else default
+        if isinstance(value, float) and not math.isfinite(value):
+            self.problem(key, "must be a finite number")
             return None if default is ... else default
         return value
 
@@ -224,12 +228,12 @@ def plan(document: dict[str, Any], *, prune: bool = False) -> Plan:
     for section in _sections:
         existing = {section.name_of(obj): obj for obj in section.queryset()}
         items = document.get(section.key)
-        if items is None:
+        if items is None or not isinstance(items, list):
+            if items is not None:
+                ctx.problem(section.key, "must be a list")
+            # Untouched, but still checked against the sections that changed (a route whose upstream is pruned).
             ctx.final[section.key] = dict(existing)
-            continue
-        if not isinstance(items, list):
-            ctx.problem(section.key, "must be a list")
-            ctx.final[section.key] = dict(existing)
+            section.validate_final(ctx.final[section.key], ctx)
             continue
         final: dict[str, models.Model] = {}
         for index, data in enumerate(items):

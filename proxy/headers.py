@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from urllib3.util import SKIP_HEADER
 
+from proxy.client_ip import normalize
+
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -94,9 +96,12 @@ def upstream_request_headers(
     if content_type:
         headers["Content-Type"] = content_type
 
-    peer = environ.get("REMOTE_ADDR", "")
     prior = environ.get("HTTP_X_FORWARDED_FOR") if peer_trusted else None
-    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else client_ip
+    if prior:
+        peer = environ.get("REMOTE_ADDR", "")
+        headers["X-Forwarded-For"] = f"{prior}, {normalize(peer) or peer}"
+    else:
+        headers["X-Forwarded-For"] = client_ip
     headers["X-Forwarded-Proto"] = scheme
     forwarded_host = environ.get("HTTP_X_FORWARDED_HOST") if peer_trusted else None
     headers["X-Forwarded-Host"] = forwarded_host or environ.get("HTTP_HOST", "")

@@ -5,6 +5,7 @@ Shared by the model fields, the admin forms and `gateway_import`, so every way i
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
@@ -16,7 +17,10 @@ PREFIX_RE = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*$")
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
-BASE_PATH_RE = re.compile(r"^(/[A-Za-z0-9\-._~!$&'()*+,;=:@%]*)*$")
+# Upstream hosts may hold '_': container and service names often do, and resolvers accept them.
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+UPSTREAM_HOST_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+BASE_PATH_RE = re.compile(r"^(/([A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*)*$")
 
 #: Methods a route may allow. CONNECT is a forward-proxy verb and TRACE reflects credentials (XST).
 ROUTE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -55,10 +59,20 @@ def normalize_base_url(value: str) -> str:
             "The path may hold only URL path characters, without empty, '.' or '..' segments.", code="invalid_path"
         )
     host = parts.hostname.lower()
+    if not _valid_upstream_host(host):
+        raise ValidationError("The host must be a DNS name or an IP address.", code="invalid_host")
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None else f"{host}:{port}"
     return f"{parts.scheme.lower()}://{netloc}{path}"
+
+
+def _valid_upstream_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(UPSTREAM_HOST_RE.match(host))
+    return True
 
 
 def normalize_prefix(value: str, reserved: tuple[str, ...] = ()) -> str:
@@ -113,7 +127,7 @@ def parse_statuses(value: str) -> frozenset[int]:
     for token in (t.strip() for t in (value or "").split(",")):
         if not token:
             continue
-        if not token.isdigit() or not 400 <= int(token) <= 599:
+        if not re.fullmatch(r"[0-9]{3}", token) or not 400 <= int(token) <= 599:
             raise ValidationError(f"{token!r} is not an HTTP status code between 400 and 599.", code="invalid_status")
         statuses.add(int(token))
     return frozenset(statuses)

@@ -59,8 +59,17 @@ def database_url_for_gateway() -> str:
     return f"postgres://{auth}{host}{port}/{params['NAME']}"
 
 
-def start_gateway(tmp_path_factory, redis_server, *, workers: int = 2, env: dict | None = None) -> Gateway:
-    prefix = f"g{uuid.uuid4().hex[:10]}"
+def start_gateway(
+    tmp_path_factory,
+    redis_server,
+    *,
+    workers: int = 2,
+    env: dict | None = None,
+    prefix: str | None = None,
+    collectstatic: bool = False,
+) -> Gateway:
+    """Start a gateway on the test database and `redis_server`; gateways given the same prefix act as one fleet."""
+    prefix = prefix or f"g{uuid.uuid4().hex[:10]}"
     return Gateway(
         tmp_path_factory.mktemp("gateway"),
         redis_url=redis_server.url,
@@ -68,7 +77,7 @@ def start_gateway(tmp_path_factory, redis_server, *, workers: int = 2, env: dict
         prefix=prefix,
         workers=workers,
         env=env,
-    ).start()
+    ).start(collectstatic=collectstatic)
 
 
 @pytest.fixture(scope="module")

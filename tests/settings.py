@@ -24,4 +24,3 @@ if not os.environ.get("DATABASE_URL"):
 from gateway_project.settings import *  # noqa: E402, F403
 
 ALLOWED_HOSTS = ["*"]
-PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
