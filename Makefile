@@ -5,7 +5,6 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-export DJANGO_SETTINGS_MODULE ?= gateway_project.settings
 
 .PHONY: run test test-fast lint venv migrate demo clean redis-server
 
@@ -41,11 +40,11 @@ redis-server:
 
 test: venv redis-server
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --ds=tests.settings $(PYTEST_ARGS)
 
 # While iterating: skip the slow load, soak and large-transfer tests.
 test-fast: venv redis-server
-	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --ds=tests.settings -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
