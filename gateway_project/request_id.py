@@ -38,6 +38,7 @@ class RequestIdMiddleware:
             environ["wsgi.url_scheme"] = scheme
         request.gateway_route = None
         request.log = {}
+        request.timings = {}
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
 

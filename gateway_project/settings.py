@@ -89,6 +89,17 @@ GATEWAY_POOL_NUM_POOLS = env_int("GATEWAY_POOL_NUM_POOLS", 100, minimum=1)
 GATEWAY_CONFIG_POLL_INTERVAL = env_float("GATEWAY_CONFIG_POLL_INTERVAL", 0.25, minimum=0.01, maximum=60)
 GATEWAY_CONFIG_WATCH = env_bool("GATEWAY_CONFIG_WATCH", True)
 GATEWAY_VIA = env_str("GATEWAY_VIA", "gateway")
+GATEWAY_API_KEY_HEADER = env_str("GATEWAY_API_KEY_HEADER", "X-API-Key")
+GATEWAY_CONSUMER_HEADER = env_str("GATEWAY_CONSUMER_HEADER", "X-Consumer-Name")
+for _name, _value in (
+    ("GATEWAY_API_KEY_HEADER", GATEWAY_API_KEY_HEADER),
+    ("GATEWAY_CONSUMER_HEADER", GATEWAY_CONSUMER_HEADER),
+):
+    if not _value.replace("-", "").isalnum():
+        raise ImproperlyConfigured(f"{_name}: a header name of letters, digits and '-', got {_value!r}")
+# IPv6 clients are counted per network of this size by rate limits (a /64 is usually one subscriber).
+GATEWAY_RATELIMIT_IPV6_PREFIX = env_int("GATEWAY_RATELIMIT_IPV6_PREFIX", 64, minimum=1, maximum=128)
+GATEWAY_RATELIMIT_IPV4_PREFIX = env_int("GATEWAY_RATELIMIT_IPV4_PREFIX", 32, minimum=1, maximum=32)
 GATEWAY_DEMO = env_bool("GATEWAY_DEMO", DEBUG)
 GATEWAY_ADMIN_PATH = "/" + env_str("GATEWAY_ADMIN_PATH", "/admin").strip("/")
 if GATEWAY_ADMIN_PATH == "/" or not GATEWAY_ADMIN_PATH.replace("/", "").replace("_", "").replace("-", "").isalnum():
@@ -129,7 +140,10 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
-GATEWAY_PIPELINE: list[str] = []
+GATEWAY_PIPELINE = [
+    "limits.middleware.ApiKeyMiddleware",
+    "limits.middleware.RateLimitMiddleware",
+]
 
 ROOT_URLCONF = "gateway_project.urls"
 WSGI_APPLICATION = "gateway_project.wsgi.application"

@@ -57,7 +57,7 @@ class RouteAdmin(admin.ModelAdmin):
         "enabled",
         "updated_at",
     )
-    list_filter = ("enabled", "strip_prefix", "upstream")
+    list_filter = ("enabled", "require_api_key", "strip_prefix", "upstream")
     list_select_related = ("upstream",)
     search_fields = ("name", "path_prefix", "host", "upstream__name", "description")
     readonly_fields = ("forwarding", "created_at", "updated_at")
@@ -65,6 +65,7 @@ class RouteAdmin(admin.ModelAdmin):
         (None, {"fields": ("name", "enabled", "description")}),
         ("Match", {"fields": ("path_prefix", "host", "methods")}),
         ("Forward", {"fields": ("upstream", "strip_prefix", "max_body_bytes", "forwarding")}),
+        ("Consumers", {"fields": ("require_api_key", "forward_api_key")}),
         ("History", {"fields": ("created_at", "updated_at")}),
     )
 

@@ -82,6 +82,10 @@ class Section:
         """Set `obj`'s fields from `item`; report problems through `item` or `ctx`."""
         raise NotImplementedError
 
+    def differences(self, obj, current) -> tuple[str, ...]:
+        """The names of what `obj` (built from the document) changes in `current` (the database's)."""
+        return tuple(f for f in self.compared if getattr(obj, f) != getattr(current, f))
+
     def validate_final(self, objects: dict[str, models.Model], ctx: Context) -> None:
         """Checks across the section's final objects (for example, two routes matching the same requests)."""
 
@@ -259,7 +263,7 @@ def plan(document: dict[str, Any], *, prune: bool = False) -> Plan:
                 result.changes.append(Change("create", section.key, name))
                 result.saves.append(obj)
             else:
-                changed = tuple(f for f in section.compared if getattr(obj, f) != getattr(current, f))
+                changed = section.differences(obj, current)
                 if changed:
                     result.changes.append(Change("update", section.key, name, changed))
                     result.saves.append(obj)
@@ -336,6 +340,8 @@ class RouteSection(Section):
         ("host", str),
         ("strip_prefix", bool),
         ("max_body_bytes", int),
+        ("require_api_key", bool),
+        ("forward_api_key", bool),
         ("description", str),
         ("enabled", bool),
     )

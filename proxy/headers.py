@@ -72,9 +72,15 @@ def connection_tokens(value: str | None) -> set[str]:
     return {token.strip().lower() for token in value.split(",") if token.strip()}
 
 
+def request_drop_keys(*names: str) -> frozenset[str]:
+    """The environ keys of request headers never forwarded: hop-by-hop, the gateway's own, and `names`."""
+    return _DROP_REQUEST_KEYS | {_environ_key(name) for name in names}
+
+
 def upstream_request_headers(
     environ: dict,
     *,
+    drop: frozenset[str],
     host_header: str,
     client_ip: str,
     peer_trusted: bool,
@@ -82,9 +88,12 @@ def upstream_request_headers(
     request_id: str,
     via: str,
     prefix: str | None,
+    consumer: tuple[str, str] | None = None,
 ) -> dict[str, str]:
-    """The headers sent upstream for this request (content framing headers are added by the caller)."""
-    drop = _DROP_REQUEST_KEYS
+    """The headers sent upstream for this request (content framing headers are added by the caller).
+
+    `drop` comes from `request_drop_keys` (compiled per route); `consumer` is (header name, consumer name).
+    """
     connection = environ.get("HTTP_CONNECTION")
     if connection:
         drop = drop | {_environ_key(token) for token in connection_tokens(connection)}
@@ -112,6 +121,8 @@ def upstream_request_headers(
     headers["Via"] = f"{prior_via}, {protocol} {via}" if prior_via else f"{protocol} {via}"
     headers["X-Request-ID"] = request_id
     headers["Host"] = host_header
+    if consumer is not None:
+        headers[consumer[0]] = consumer[1]
     # Without these, http.client would add its own User-Agent and Accept-Encoding.
     headers.setdefault("User-Agent", SKIP_HEADER)
     headers.setdefault("Accept-Encoding", SKIP_HEADER)

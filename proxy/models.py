@@ -141,6 +141,18 @@ class Route(models.Model):
         help_text="Largest request body accepted, in bytes; larger requests get 413 before the upstream is "
         "contacted. Empty: the gateway default (GATEWAY_MAX_BODY_BYTES). 0: no limit.",
     )
+    require_api_key = models.BooleanField(
+        "require an API key",
+        default=False,
+        help_text="Only clients presenting a valid, unrevoked consumer API key (header GATEWAY_API_KEY_HEADER, "
+        "default X-API-Key) get through; others get 401 and the upstream sees nothing.",
+    )
+    forward_api_key = models.BooleanField(
+        "forward the API key",
+        default=False,
+        help_text="Pass the client's API key header on to the upstream. Off: the upstream never sees it (it is "
+        "told the consumer's name in X-Consumer-Name instead).",
+    )
     description = models.TextField(blank=True, default="")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

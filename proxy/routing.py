@@ -51,6 +51,8 @@ class CompiledRoute:
     strip_prefix: bool
     max_body_bytes: int
     upstream: UpstreamTarget
+    require_api_key: bool = False
+    drop_keys: frozenset[str] = frozenset()
 
     def forward_path(self, raw_path: str) -> str:
         """The path sent upstream: the base path, then the client's raw path with the prefix stripped if set."""
@@ -194,8 +196,13 @@ def compile_upstream(upstream) -> UpstreamTarget:
 
 
 def compile_route(route, upstream: UpstreamTarget) -> CompiledRoute:
+    from proxy.headers import request_drop_keys
+
     prefix = route.path_prefix
     limit = route.max_body_bytes if route.max_body_bytes is not None else settings.GATEWAY_MAX_BODY_BYTES
+    private = [settings.GATEWAY_CONSUMER_HEADER]
+    if not route.forward_api_key:
+        private.append(settings.GATEWAY_API_KEY_HEADER)
     return CompiledRoute(
         id=route.id,
         name=route.name,
@@ -206,6 +213,8 @@ def compile_route(route, upstream: UpstreamTarget) -> CompiledRoute:
         strip_prefix=route.strip_prefix,
         max_body_bytes=limit,
         upstream=upstream,
+        require_api_key=route.require_api_key,
+        drop_keys=request_drop_keys(*private),
     )
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.db import transaction
 
 from proxy.models import Route, Upstream
 
 DEMO_NAME = "demo"
+
+#: Other apps add their part of the demo here (limits: a rate limit on the demo route). Each gets the demo
+#: route, creates what is missing, and returns lines saying what it created.
+demo_hooks: list[Callable[[Route], list[str]]] = []
 
 
 @transaction.atomic
@@ -22,7 +28,8 @@ def ensure_demo(*, listen_host: str, listen_port: int) -> list[str]:
         upstream.full_clean()
         upstream.save()
         created.append(f"Created upstream {DEMO_NAME!r} -> {upstream.base_url}")
-    if not Route.objects.filter(name=DEMO_NAME).exists():
+    route = Route.objects.filter(name=DEMO_NAME).first()
+    if route is None:
         route = Route(
             name=DEMO_NAME,
             path_prefix="/demo",
@@ -32,4 +39,6 @@ def ensure_demo(*, listen_host: str, listen_port: int) -> list[str]:
         route.full_clean()
         route.save()
         created.append(f"Created route {DEMO_NAME!r}: /demo/ -> {upstream.base_url}/")
+    for hook in demo_hooks:
+        created.extend(hook(route))
     return created

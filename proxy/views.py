@@ -156,8 +156,10 @@ def proxy(request: HttpRequest) -> HttpResponseBase:
     url = route.forward_path(target.raw_path)
     if target.query:
         url = f"{url}?{target.query}"
+    consumer = getattr(request, "consumer", None)
     upstream_headers = headers.upstream_request_headers(
         request.environ,
+        drop=route.drop_keys,
         host_header=upstream.host_header,
         client_ip=request.client_ip,
         peer_trusted=request.peer_trusted,
@@ -165,6 +167,7 @@ def proxy(request: HttpRequest) -> HttpResponseBase:
         request_id=request.id,
         via=settings.GATEWAY_VIA,
         prefix=route.prefix if route.strip_prefix and route.depth else None,
+        consumer=(settings.GATEWAY_CONSUMER_HEADER, consumer.name) if consumer is not None else None,
     )
     if not replayable and not chunked:
         upstream_headers["Content-Length"] = request.environ["CONTENT_LENGTH"]

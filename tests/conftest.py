@@ -24,6 +24,18 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def every_key_expires(redis_server):
+    """After the whole suite, no key the gateway wrote to the suite's Redis may lack a TTL."""
+    yield
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    immortal = [key for key in client.scan_iter(count=1000) if client.ttl(key) == -1]
+    client.close()
+    assert not immortal, f"Redis keys without a TTL: {immortal[:20]}"
+
+
 @pytest.fixture
 def redis_prefix(redis_server):
     """A fresh key prefix for one test, so tests never see each other's keys."""

@@ -15,6 +15,8 @@ from proxy.configfile import Change, ConfigError
 from proxy.models import ConfigRevision, Route, Upstream
 from tests.support.config import make_route, make_upstream
 
+KNOWN = ", ".join(sorted(section.key for section in configfile.sections()))
+
 pytestmark = pytest.mark.django_db
 
 
@@ -124,6 +126,8 @@ def test_export_is_normalized_and_sorted(seeded):
         "host": "",
         "strip_prefix": True,
         "max_body_bytes": 1024,
+        "require_api_key": False,
+        "forward_api_key": False,
         "description": "Orders \u2014 line one\nline two: 'quoted' # not a comment",
         "enabled": True,
         "methods": ["GET", "POST"],
@@ -256,7 +260,7 @@ routes:
     assert db_state() == before
     expected = [
         "version: must be 1, got 2",
-        "widgets: unknown section (known: routes, upstreams)",
+        f"widgets: unknown section (known: {KNOWN})",
         "upstreams[0] (orders).base_url: The scheme must be http or https.",
         "upstreams[0] (orders).timeout: unknown field",
         "upstreams[1] (b).connect_timeout: expected an integer or a number, got str",
@@ -286,14 +290,14 @@ def test_unknown_fields_and_sections_are_errors():
         {
             "version": 1,
             "upstream": [],
-            "breakers": [],
+            "widgets": [],
             "upstreams": [upstream_item("u", timeout=3, Base_URL="http://x")],
             "routes": [route_item("r", "/r", "u", method=["GET"])],
         }
     )
     assert problems == [
-        "breakers: unknown section (known: routes, upstreams)",
-        "upstream: unknown section (known: routes, upstreams)",
+        f"upstream: unknown section (known: {KNOWN})",
+        f"widgets: unknown section (known: {KNOWN})",
         "upstreams[0] (u).Base_URL: unknown field",
         "upstreams[0] (u).timeout: unknown field",
         "routes[0] (r).method: unknown field",

@@ -6,12 +6,15 @@ import pytest
 from urllib3 import HTTPHeaderDict
 from urllib3.util import SKIP_HEADER
 
-from proxy.headers import client_response_headers, connection_tokens, upstream_request_headers
+from proxy.headers import client_response_headers, connection_tokens, request_drop_keys, upstream_request_headers
+
+DROP = request_drop_keys("X-Consumer-Name")
 
 
 def forward(environ: dict, *, client_ip: str = "198.51.100.20", peer_trusted: bool = False, **overrides):
     env = {"REMOTE_ADDR": "198.51.100.20", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "gw.example.com", **environ}
     kwargs = {
+        "drop": DROP,
         "host_header": "orders.internal:8080",
         "client_ip": client_ip,
         "peer_trusted": peer_trusted,
@@ -141,6 +144,7 @@ def test_missing_host_gives_an_empty_forwarded_host():
     env = {"REMOTE_ADDR": "198.51.100.20"}
     headers = upstream_request_headers(
         env,
+        drop=DROP,
         host_header="h",
         client_ip="198.51.100.20",
         peer_trusted=False,
@@ -256,3 +260,18 @@ def test_response_header_names_are_matched_case_insensitively():
 
 def test_response_without_headers():
     assert client_response_headers(HTTPHeaderDict()) == []
+
+
+def test_per_route_private_headers_are_dropped_and_the_consumer_is_set_by_the_gateway():
+    headers = forward(
+        {"HTTP_X_API_KEY": "secret", "HTTP_X_CONSUMER_NAME": "spoofed"},
+        drop=request_drop_keys("X-Consumer-Name", "X-API-Key"),
+        consumer=("X-Consumer-Name", "acme"),
+    )
+    assert "x-api-key" not in lower(headers)
+    assert headers["X-Consumer-Name"] == "acme"
+
+
+def test_a_client_cannot_name_its_own_consumer():
+    headers = forward({"HTTP_X_CONSUMER_NAME": "spoofed"})
+    assert "x-consumer-name" not in lower(headers)

@@ -1,0 +1,169 @@
+"""Deciding one request against every policy that applies: one Redis call, or the failure modes without Redis.
+
+The failure policy lives here and nowhere else: when Redis cannot answer within the hot-path timeout, each
+policy's `on_redis_failure` applies (allow, deny, or the per-worker local limiter), every use is counted by the
+listeners and logged (at most every few seconds, with the count since the last line).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from limits import storage
+from limits.compiled import CompiledPolicy, ConsumerInfo, hash_key
+from limits.local import LocalLimiter
+
+logger = logging.getLogger(__name__)
+
+ALLOWED, REJECTED, SHADOW_REJECTED, FALLBACK = "allowed", "rejected", "shadow_rejected", "fallback"
+_FALLBACK_LOG_INTERVAL = 5.0
+
+
+@dataclass(slots=True)
+class PolicyResult:
+    policy: CompiledPolicy
+    allowed: bool
+    remaining: int
+    reset: int  # seconds until the oldest counted request leaves the window (sliding log) / full (GCRA)
+    retry_after: int  # seconds until a rejected request would be allowed
+    decision: str
+    known: bool = True  # False when Redis was unavailable and the policy let the request through blind
+
+
+@dataclass(slots=True)
+class Outcome:
+    results: list[PolicyResult]
+    rejected: PolicyResult | None = None  # an enforced policy said no: 429
+    unavailable: PolicyResult | None = None  # Redis is down and a policy fails closed: 503
+    redis_error: str | None = None
+
+    def most_restrictive(self) -> PolicyResult | None:
+        known = [r for r in self.results if r.known]
+        if not known:
+            return None
+        return min(known, key=lambda r: (r.remaining, -r.reset))
+
+    def summary(self) -> str:
+        return ",".join(f"{r.policy.name}:{r.decision}" for r in self.results)
+
+
+#: Called with every Outcome (metrics subscribe here).
+listeners: list[Callable[[Outcome], None]] = []
+_local = LocalLimiter()
+_fallback_state = {"last_logged": 0.0, "since": 0}
+
+
+@lru_cache(maxsize=65536)
+def _ip_bucket(address: str, v4_prefix: int, v6_prefix: int) -> str:
+    if ":" in address:
+        if v6_prefix == 128:
+            return address
+        return str(ipaddress.IPv6Network((address, v6_prefix), strict=False))
+    if v4_prefix == 32:
+        return address
+    return str(ipaddress.IPv4Network((address, v4_prefix), strict=False))
+
+
+def bucket(policy: CompiledPolicy, *, client_ip: str, consumer: ConsumerInfo | None, route_id: int, environ) -> str:
+    """The counter a request falls into for a policy: '<dimension>:<value>', value in angle brackets."""
+    key_by = policy.key_by
+    if key_by == "route":
+        return f"route:<{route_id}>"
+    if key_by == "consumer" and consumer is not None:
+        return f"consumer:<{consumer.name}>"
+    if key_by == "header":
+        value = environ.get(policy.header_key)
+        if value:
+            # Hashed and cut to 16 hex digits: any header value costs the same few bytes in Redis.
+            return f"header:<{hash_key(value)[:16]}>"
+    ip = _ip_bucket(client_ip, settings.GATEWAY_RATELIMIT_IPV4_PREFIX, settings.GATEWAY_RATELIMIT_IPV6_PREFIX)
+    return f"ip:<{ip}>"
+
+
+def check(
+    policies: tuple[CompiledPolicy, ...],
+    *,
+    client_ip: str,
+    consumer: ConsumerInfo | None,
+    route_id: int,
+    environ,
+) -> Outcome:
+    keys = [
+        p.key_prefix + bucket(p, client_ip=client_ip, consumer=consumer, route_id=route_id, environ=environ)
+        for p in policies
+    ]
+    args: list[str] = []
+    for policy in policies:
+        args.extend(policy.args)
+    try:
+        reply = storage.check(keys, args)
+    except RedisError as exc:
+        outcome = _fallback(policies, keys, exc)
+    else:
+        outcome = _from_reply(policies, reply)
+    for listener in listeners:
+        listener(outcome)
+    return outcome
+
+
+def _from_reply(policies: tuple[CompiledPolicy, ...], reply: list[int]) -> Outcome:
+    outcome = Outcome(results=[])
+    for index, policy in enumerate(policies):
+        allowed, remaining, reset_ms, retry_ms = reply[1 + 4 * index : 5 + 4 * index]
+        reset, retry = -(-reset_ms // 1000), -(-retry_ms // 1000)  # whole seconds, rounded up
+        if allowed:
+            decision = ALLOWED
+        elif policy.shadow:
+            decision = SHADOW_REJECTED
+        else:
+            decision = REJECTED
+        result = PolicyResult(policy, bool(allowed), remaining, reset, retry, decision)
+        outcome.results.append(result)
+        if decision == REJECTED and outcome.rejected is None:
+            outcome.rejected = result
+    return outcome
+
+
+def _fallback(policies: tuple[CompiledPolicy, ...], keys: list[str], error: RedisError) -> Outcome:
+    outcome = Outcome(results=[], redis_error=type(error).__name__)
+    for policy, key in zip(policies, keys, strict=True):
+        mode = policy.on_redis_failure
+        if mode == "local":
+            allowed, remaining, retry = _local.hit(
+                key, algorithm=policy.algorithm, limit=policy.limit, window=policy.window, burst=policy.burst
+            )
+            result = PolicyResult(policy, allowed, remaining, policy.window, int(-(-retry // 1)), FALLBACK)
+            if not allowed and not policy.shadow and outcome.rejected is None:
+                outcome.rejected = result
+        else:
+            result = PolicyResult(policy, mode == "allow", 0, 0, 1, FALLBACK, known=False)
+            if mode == "deny" and not policy.shadow and outcome.unavailable is None:
+                outcome.unavailable = result
+        outcome.results.append(result)
+    _log_fallback(outcome, error)
+    return outcome
+
+
+def _log_fallback(outcome: Outcome, error: RedisError) -> None:
+    state = _fallback_state
+    state["since"] += 1
+    now = time.monotonic()
+    if now - state["last_logged"] >= _FALLBACK_LOG_INTERVAL:
+        logger.warning(
+            "Redis unavailable for rate limits; applying each policy's failure mode",
+            extra={
+                "error": str(error) or type(error).__name__,
+                "fallbacks_since_last_line": state["since"],
+                "policies": outcome.summary(),
+            },
+        )
+        state["last_logged"] = now
+        state["since"] = 0

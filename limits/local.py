@@ -1,0 +1,52 @@
+"""The per-worker, in-memory limiter used while Redis is unavailable, for policies set to 'local'.
+
+Same algorithms as the Redis script, on this worker's monotonic clock. Each worker counts on its own, so a
+fleet allows up to (workers x instances) x limit. Memory is bounded: at most MAX_KEYS counters, least recently
+used dropped first.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+
+MAX_KEYS = 100_000
+
+
+class LocalLimiter:
+    def __init__(self, clock=time.monotonic, max_keys: int = MAX_KEYS) -> None:
+        self.clock = clock
+        self.max_keys = max_keys
+        self._state: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def hit(self, key: str, *, algorithm: str, limit: int, window: int, burst: int) -> tuple[bool, int, float]:
+        """Check and count one request: (allowed, remaining, retry_after seconds)."""
+        now = self.clock()
+        with self._lock:
+            state = self._state.get(key)
+            if algorithm == "L":
+                log = state if isinstance(state, deque) else deque()
+                while log and log[0] <= now - window:
+                    log.popleft()
+                if len(log) >= limit:
+                    self._touch(key, log)
+                    return False, 0, log[len(log) - limit] + window - now
+                log.append(now)
+                self._touch(key, log)
+                return True, limit - len(log), 0.0
+            interval = window / limit
+            tolerance = interval * burst
+            tat = max(state if isinstance(state, float) else now, now)
+            new_tat = tat + interval
+            if new_tat - now > tolerance:
+                return False, 0, new_tat - now - tolerance
+            self._touch(key, new_tat)
+            return True, int((tolerance - (new_tat - now)) // interval), 0.0
+
+    def _touch(self, key: str, value: object) -> None:
+        self._state[key] = value
+        self._state.move_to_end(key)
+        while len(self._state) > self.max_keys:
+            self._state.popitem(last=False)

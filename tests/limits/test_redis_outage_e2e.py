@@ -1,0 +1,148 @@
+"""A Redis outage never takes the gateway down: refused, hung and restarted Redis, under real gunicorn.
+
+The gateway here has a redis-server of its own, which the tests stop, freeze (SIGSTOP: connections are still
+accepted by the kernel, nothing answers) and restart. Each policy's failure mode applies within the hot-path
+timeout budget; no request waits much longer, none gets a 500.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+from django.conf import settings
+
+from gateway_project import store
+from limits.models import RateLimitPolicy
+from tests.conftest import database_url_for_gateway
+from tests.support.config import make_route, make_upstream, serve
+from tests.support.servers import Gateway, RedisServer
+
+pytestmark = pytest.mark.slow
+
+# Hot-path Redis timeouts are 50 ms (connect and socket); a request may wait for a pooled connection for as
+# long again. Allow generously for a loaded 2-core machine.
+BUDGET = 0.5
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("outage-redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, own_redis, django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        gw = Gateway(
+            tmp_path_factory.mktemp("outage-gateway"),
+            redis_url=own_redis.url,
+            database_url=database_url_for_gateway(),
+            prefix="outage",
+            workers=2,
+        ).start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def configured(gateway, own_redis, transactional_db, upstream):
+    """Three routes whose policies (limit 3 per minute per client) fail open, closed and local."""
+    previous = (settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX)
+    settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = own_redis.url, gateway.prefix
+    store.reset_clients()
+    backend = make_upstream("backend", upstream.url)
+    for mode in ("allow", "deny", "local"):
+        route = make_route(mode, f"/{mode}", backend)
+        RateLimitPolicy.objects.create(
+            name=f"{mode}-policy",
+            scope="route",
+            route=route,
+            key_by="ip",
+            limit=3,
+            window_seconds=60,
+            on_redis_failure=mode,
+        )
+    serve(gateway)
+    own_redis.ping()
+    store.ops_client().flushdb()
+    yield gateway
+    if own_redis.proc is None:
+        own_redis.start()
+    else:
+        own_redis.resume()
+    settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = previous
+    store.reset_clients()
+
+
+def timed(gateway, path: str) -> tuple[int, float]:
+    started = time.monotonic()
+    status = requests.get(gateway.url(path), timeout=10).status_code
+    return status, time.monotonic() - started
+
+
+def check_failure_modes(gateway) -> None:
+    for mode, expected in (("allow", [200] * 5), ("deny", [503] * 5), ("local", None)):
+        results = [timed(gateway, f"/{mode}/x") for _ in range(5)]
+        statuses = [status for status, _ in results]
+        assert max(elapsed for _, elapsed in results) < BUDGET, (mode, results)
+        if expected is not None:
+            assert statuses == expected, mode
+        else:
+            # Per worker: each of the two workers allows three; never more than 3 x 2 in all.
+            assert statuses.count(200) <= 6
+            assert set(statuses) <= {200, 429}
+    local = [requests.get(gateway.url("/local/x"), timeout=10).status_code for _ in range(10)]
+    assert local.count(429) >= 4
+
+
+def test_redis_refused(configured, own_redis):
+    assert [requests.get(configured.url("/deny/x"), timeout=10).status_code for _ in range(4)] == [200] * 3 + [429]
+    own_redis.stop()
+    check_failure_modes(configured)
+    assert "Redis unavailable for rate limits" in configured.log()
+
+
+def test_redis_hung(configured, own_redis):
+    own_redis.pause()
+    try:
+        check_failure_modes(configured)
+    finally:
+        own_redis.resume()
+    # Back to exact, shared counting once Redis answers again.
+    time.sleep(0.2)
+    assert [requests.get(configured.url("/allow/y"), timeout=10).status_code for _ in range(4)][-1] == 429
+
+
+def test_redis_restarted_under_load(configured, own_redis):
+    stop = threading.Event()
+    results: list[tuple[int, float]] = []
+
+    def load() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            started = time.monotonic()
+            status = session.get(configured.url("/allow/x"), timeout=10).status_code
+            results.append((status, time.monotonic() - started))
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    own_redis.stop()
+    time.sleep(1.0)
+    own_redis.start()
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    statuses = {status for status, _ in results}
+    assert statuses <= {200, 429}, statuses
+    assert max(elapsed for _, elapsed in results) < 1.0
+    assert len(results) > 100
+    # After the restart the script is loaded again and counting is exact: the flushed counter fills up.
+    after = [requests.get(configured.url("/allow/z"), timeout=10).status_code for _ in range(4)]
+    assert after[-1] == 429
