@@ -125,8 +125,8 @@ class RateLimitPolicyAdmin(admin.ModelAdmin):
             return format_html('No client is being counted right now. <a href="{}">Live usage</a>', link)
         table = format_html_join(
             "",
-            "<tr><td><code>{}</code></td><td>{} / {}</td><td>{:.0f} s</td></tr>",
-            ((r.client, r.used, r.limit, r.expires_in) for r in rows),
+            "<tr><td><code>{}</code></td><td>{} / {}</td><td>{} s</td></tr>",
+            ((r.client, r.used, r.limit, f"{r.expires_in:.0f}") for r in rows),
         )
         return format_html(
             "<table><tr><th>client</th><th>used</th><th>expires in</th></tr>{}</table>"

@@ -57,8 +57,12 @@ class ConsumerSection(Section):
                 continue
             revoked = data.get("revoked_at")
             revoked_at = parse_datetime(revoked) if isinstance(revoked, str) else None
-            if revoked is not None and revoked_at is None:
-                item.problem(f"{where}.revoked_at", "must be an ISO 8601 date-time or null")
+            if revoked is not None and (revoked_at is None or revoked_at.tzinfo is None):
+                item.problem(f"{where}.revoked_at", "must be an ISO 8601 date-time with a UTC offset, or null")
+                continue
+            label = data.get("label") or ""
+            if not isinstance(label, str) or len(label) > 100:
+                item.problem(f"{where}.label", "must be a string of at most 100 characters")
                 continue
             if digest in desired:
                 item.problem(where, "the same key appears twice")
@@ -67,9 +71,19 @@ class ConsumerSection(Section):
             if owner is not None:
                 item.problem(where, f"this key belongs to consumer {owner.consumer.name!r}")
                 continue
-            desired[digest] = (prefix, str(data.get("label") or ""), revoked_at)
+            desired[digest] = (prefix, label, revoked_at)
         obj._desired_keys = desired
         full_check(obj, item)
+
+    def validate_final(self, objects, ctx: Context) -> None:
+        owners: dict[str, str] = {}
+        for consumer in objects.values():
+            for digest in getattr(consumer, "_desired_keys", {}):
+                if digest in owners:
+                    ctx.problem(
+                        f"consumers ({consumer.name})", f"key {digest[:12]}… is also listed under {owners[digest]!r}"
+                    )
+                owners[digest] = consumer.name
 
     def _current_keys(self, obj) -> dict[str, tuple]:
         if not obj.pk:

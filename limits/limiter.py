@@ -134,13 +134,20 @@ def _from_reply(policies: tuple[CompiledPolicy, ...], reply: list[int]) -> Outco
 
 def _fallback(policies: tuple[CompiledPolicy, ...], keys: list[str], error: RedisError) -> Outcome:
     outcome = Outcome(results=[], redis_error=type(error).__name__)
+    local = []
     for policy, key in zip(policies, keys, strict=True):
         mode = policy.on_redis_failure
         if mode == "local":
             allowed, remaining, retry = _local.hit(
-                key, algorithm=policy.algorithm, limit=policy.limit, window=policy.window, burst=policy.burst
+                key,
+                algorithm=policy.algorithm,
+                limit=policy.limit,
+                window=policy.window,
+                burst=policy.burst,
+                count=False,
             )
             result = PolicyResult(policy, allowed, remaining, policy.window, int(-(-retry // 1)), FALLBACK)
+            local.append((policy, key, result))
             if not allowed and not policy.shadow and outcome.rejected is None:
                 outcome.rejected = result
         else:
@@ -148,6 +155,13 @@ def _fallback(policies: tuple[CompiledPolicy, ...], keys: list[str], error: Redi
             if mode == "deny" and not policy.shadow and outcome.unavailable is None:
                 outcome.unavailable = result
         outcome.results.append(result)
+    # As in the Redis script: a request that is refused consumes no quota anywhere.
+    if outcome.rejected is None and outcome.unavailable is None:
+        for policy, key, result in local:
+            if result.allowed:
+                _local.hit(
+                    key, algorithm=policy.algorithm, limit=policy.limit, window=policy.window, burst=policy.burst
+                )
     _log_fallback(outcome, error)
     return outcome
 

@@ -21,8 +21,14 @@ class LocalLimiter:
         self._state: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
 
-    def hit(self, key: str, *, algorithm: str, limit: int, window: int, burst: int) -> tuple[bool, int, float]:
-        """Check and count one request: (allowed, remaining, retry_after seconds)."""
+    def hit(
+        self, key: str, *, algorithm: str, limit: int, window: int, burst: int, count: bool = True
+    ) -> tuple[bool, int, float]:
+        """Check one request, and count it if allowed and `count`: (allowed, remaining, retry_after seconds).
+
+        Checking several policies, call with count=False first and count only if none rejects, as the Redis
+        script does.
+        """
         now = self.clock()
         with self._lock:
             state = self._state.get(key)
@@ -33,16 +39,20 @@ class LocalLimiter:
                 if len(log) >= limit:
                     self._touch(key, log)
                     return False, 0, log[len(log) - limit] + window - now
-                log.append(now)
+                if count:
+                    log.append(now)
                 self._touch(key, log)
-                return True, limit - len(log), 0.0
+                return True, limit - len(log) - (0 if count else 1), 0.0
             interval = window / limit
             tolerance = interval * burst
             tat = max(state if isinstance(state, float) else now, now)
             new_tat = tat + interval
             if new_tat - now > tolerance:
+                if state is not None:
+                    self._touch(key, state)
                 return False, 0, new_tat - now - tolerance
-            self._touch(key, new_tat)
+            if count:
+                self._touch(key, new_tat)
             return True, int((tolerance - (new_tat - now)) // interval), 0.0
 
     def _touch(self, key: str, value: object) -> None:

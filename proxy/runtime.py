@@ -183,8 +183,6 @@ def start() -> None:
     except Exception:
         logger.exception("initial configuration load failed; retrying in the background")
         connection.close()
-    finally:
-        close_old_connections()
     if settings.GATEWAY_CONFIG_WATCH:
         _watcher = Watcher(settings.GATEWAY_CONFIG_POLL_INTERVAL)
         _watcher.start()

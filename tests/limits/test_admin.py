@@ -1,0 +1,229 @@
+"""The limits admin: creating and revoking keys, live usage of a policy, clearing one client's counter.
+
+The Django test client comes from 127.0.0.1, inside GATEWAY_ADMIN_ALLOWED_NETWORKS.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.urls import reverse
+from django.utils.html import escape
+
+from gateway_project import store
+from limits import limiter, services
+from limits.compiled import compile_policy, hash_key
+from limits.models import ApiKey, Consumer, RateLimitPolicy
+from proxy import runtime
+from tests.support.servers import free_port
+
+pytestmark = pytest.mark.django_db
+
+KEY_RE = re.compile(r"gw_[A-Za-z0-9_-]{20,}")
+
+
+@pytest.fixture(autouse=True)
+def _redis(redis_prefix):
+    """Saves publish the configuration revision, and counters live, in a real Redis under a private prefix."""
+    return redis_prefix
+
+
+@pytest.fixture(autouse=True)
+def _in_process(settings, monkeypatch, tmp_path):
+    """Serve the admin from this process inside the test's transaction.
+
+    Static files without collectstatic's manifest; and no runtime.start() when the test client builds the
+    middleware: it ends with close_old_connections(), which would close the connection holding the test's
+    transaction (the admin pages do not need the compiled configuration).
+    """
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    settings.STATIC_ROOT = tmp_path
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # a fast admin_user
+    monkeypatch.setattr(runtime, "start", lambda: None)
+
+
+def make_consumer(name: str) -> Consumer:
+    obj = Consumer(name=name)
+    obj.full_clean()
+    obj.save()
+    return obj
+
+
+def make_policy(name: str = "per-ip", **fields) -> RateLimitPolicy:
+    obj = RateLimitPolicy(name=name, **{"limit": 5, "window_seconds": 60, **fields})
+    obj.full_clean()
+    obj.save()
+    return obj
+
+
+def hit(policy: RateLimitPolicy, client_ip: str, times: int = 1) -> str:
+    """Count `times` requests of `client_ip`; return the counter's key."""
+    compiled_policy = compile_policy(policy)
+    for _ in range(times):
+        limiter.check((compiled_policy,), client_ip=client_ip, consumer=None, route_id=1, environ={})
+    return compiled_policy.key_prefix + f"ip:<{client_ip}>"
+
+
+def messages_of(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+# keys
+
+
+def test_create_api_key_action_shows_the_new_key_once(admin_client):
+    acme = make_consumer("acme")
+    make_consumer("globex")  # not selected: gets no key
+    response = admin_client.post(
+        reverse("admin:limits_consumer_changelist"),
+        {"action": "create_api_key", "_selected_action": [acme.pk]},
+    )
+    assert response.status_code == 200
+    page = response.content.decode()
+    keys = KEY_RE.findall(page)
+    assert len(keys) == 1
+    (key,) = keys
+    assert page.count(key) == 1
+    assert "shown only once" in page
+    stored = ApiKey.objects.get()
+    assert (stored.consumer, stored.key_hash, stored.prefix) == (acme, hash_key(key), key[:10])
+    # Afterwards the consumer's page shows the prefix, never the key.
+    change = admin_client.get(reverse("admin:limits_consumer_change", args=[acme.pk])).content.decode()
+    assert key[:10] in change
+    assert key not in change
+
+
+def test_create_api_key_action_for_several_consumers(admin_client):
+    consumers = [make_consumer("acme"), make_consumer("globex")]
+    response = admin_client.post(
+        reverse("admin:limits_consumer_changelist"),
+        {"action": "create_api_key", "_selected_action": [c.pk for c in consumers]},
+    )
+    keys = KEY_RE.findall(response.content.decode())
+    assert len(set(keys)) == 2
+    assert {k.key_hash: k.consumer.name for k in ApiKey.objects.all()} == {
+        hash_key(keys[0]): "acme",
+        hash_key(keys[1]): "globex",
+    }
+
+
+def test_revoke_action(admin_client):
+    acme = make_consumer("acme")
+    first, _ = services.create_api_key(consumer=acme)
+    second, _ = services.create_api_key(consumer=acme)
+    changelist = reverse("admin:limits_apikey_changelist")
+    response = admin_client.post(changelist, {"action": "revoke", "_selected_action": [first.pk]}, follow=True)
+    assert response.status_code == 200
+    assert "Revoked 1 key(s)." in messages_of(response)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.revoked_at is not None
+    assert second.revoked_at is None
+    revoked_at = first.revoked_at
+
+    response = admin_client.post(
+        changelist, {"action": "revoke", "_selected_action": [first.pk, second.pk]}, follow=True
+    )
+    assert "Revoked 1 key(s)." in messages_of(response)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.revoked_at == revoked_at
+    assert second.revoked_at is not None
+
+
+# live usage
+
+
+def test_policy_change_page_without_counters(admin_client):
+    policy = make_policy()
+    page = admin_client.get(reverse("admin:limits_ratelimitpolicy_change", args=[policy.pk])).content.decode()
+    assert "No client is being counted right now." in page
+    assert reverse("admin:limits_ratelimitpolicy_usage", args=[policy.pk]) in page
+
+
+def test_policy_change_page_shows_live_usage(admin_client):
+    policy = make_policy()
+    url = reverse("admin:limits_ratelimitpolicy_change", args=[policy.pk])
+    hit(policy, "192.0.2.1", 3)
+    page = admin_client.get(url).content.decode()
+    assert escape("ip:<192.0.2.1>") in page
+    assert "3 / 5" in page
+    assert reverse("admin:limits_ratelimitpolicy_usage", args=[policy.pk]) in page
+
+
+def test_usage_page_lists_counters_busiest_first(admin_client):
+    policy = make_policy()
+    quiet = hit(policy, "192.0.2.1", 1)
+    busy = hit(policy, "192.0.2.2", 4)
+    response = admin_client.get(reverse("admin:limits_ratelimitpolicy_usage", args=[policy.pk]))
+    assert response.status_code == 200
+    assert [(r.key, r.used) for r in response.context["rows"]] == [(busy, 4), (quiet, 1)]
+    page = response.content.decode()
+    assert page.index(escape("ip:<192.0.2.2>")) < page.index(escape("ip:<192.0.2.1>"))
+    assert "4 / 5" in page and "1 / 5" in page
+    assert f'value="{escape(busy)}"' in page
+    assert reverse("admin:limits_ratelimitpolicy_clear", args=[policy.pk]) in page
+
+
+def test_clear_deletes_the_counter(admin_client, redis_client):
+    policy = make_policy()
+    cleared, kept = hit(policy, "192.0.2.1", 5), hit(policy, "192.0.2.2", 2)
+    url = reverse("admin:limits_ratelimitpolicy_clear", args=[policy.pk])
+    response = admin_client.post(url, {"key": cleared})
+    assert response.status_code == 302
+    assert response.url == reverse("admin:limits_ratelimitpolicy_usage", args=[policy.pk])
+    assert not redis_client.exists(cleared)
+    assert redis_client.exists(kept)
+    assert messages_of(admin_client.get(response.url)) == [f"Cleared {cleared}."]
+    response = admin_client.post(url, {"key": cleared}, follow=True)
+    assert messages_of(response) == ["That counter had already expired."]
+    # The client counts from zero again.
+    outcome = limiter.check((compile_policy(policy),), client_ip="192.0.2.1", consumer=None, route_id=1, environ={})
+    assert outcome.results[0].remaining == 4
+
+
+def test_clear_needs_a_post(admin_client, redis_client):
+    policy = make_policy()
+    key = hit(policy, "192.0.2.1")
+    response = admin_client.get(reverse("admin:limits_ratelimitpolicy_clear", args=[policy.pk]), {"key": key})
+    assert response.status_code == 405
+    assert redis_client.exists(key)
+
+
+def test_clear_refuses_a_key_of_another_policy(admin_client, redis_client):
+    policy, other = make_policy("one"), make_policy("other")
+    other_key = hit(other, "192.0.2.1", 3)
+    own_key = hit(policy, "192.0.2.1", 1)
+    response = admin_client.post(
+        reverse("admin:limits_ratelimitpolicy_clear", args=[policy.pk]), {"key": other_key}, follow=True
+    )
+    assert response.status_code == 200
+    (message,) = messages_of(response)
+    assert message == f"{other_key!r} is not a counter of policy 'one'"
+    assert "is not a counter of policy" in response.content.decode()
+    assert redis_client.exists(other_key)
+    assert redis_client.exists(own_key)
+
+
+def test_pages_say_so_when_redis_is_unavailable(admin_client, settings):
+    policy = make_policy()
+    store.reset_clients()
+    settings.GATEWAY_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    try:
+        change = admin_client.get(reverse("admin:limits_ratelimitpolicy_change", args=[policy.pk]))
+        assert "Redis is unavailable (ConnectionError); no live usage." in change.content.decode()
+        usage = admin_client.get(reverse("admin:limits_ratelimitpolicy_usage", args=[policy.pk]))
+        assert usage.status_code == 200
+        assert "Redis is unavailable (ConnectionError)." in usage.content.decode()
+        clear = admin_client.post(
+            reverse("admin:limits_ratelimitpolicy_clear", args=[policy.pk]),
+            {"key": compile_policy(policy).key_prefix + "ip:<192.0.2.1>"},
+            follow=True,
+        )
+        assert messages_of(clear) == ["Redis is unavailable (ConnectionError)."]
+    finally:
+        store.reset_clients()
