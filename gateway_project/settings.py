@@ -143,6 +143,7 @@ MIDDLEWARE = [
 GATEWAY_PIPELINE = [
     "limits.middleware.ApiKeyMiddleware",
     "limits.middleware.RateLimitMiddleware",
+    "breakers.middleware.BreakerMiddleware",
 ]
 
 ROOT_URLCONF = "gateway_project.urls"

@@ -53,6 +53,10 @@ def _build(kind: str) -> redis.Redis:
     url = settings.GATEWAY_REDIS_URL
     if is_embedded(url):
         return _embedded_client()
+    if kind == "pubsub":
+        return redis.Redis.from_url(
+            url, socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=10, retry=Retry(NoBackoff(), 0)
+        )
     if kind == "hot":
         connect_timeout = settings.GATEWAY_REDIS_CONNECT_TIMEOUT
         socket_timeout = settings.GATEWAY_REDIS_SOCKET_TIMEOUT
@@ -90,6 +94,11 @@ def _get(kind: str) -> redis.Redis:
             if client is None:
                 client = _clients[kind] = _build(kind)
     return client
+
+
+def pubsub_client() -> redis.Redis:
+    """A client for long-lived subscriptions: blocking reads with a health check, separate from the pools."""
+    return _get("pubsub")
 
 
 def client() -> redis.Redis:

@@ -308,7 +308,23 @@ class UpstreamSection(Section):
         ("tls_verify", bool),
         ("enabled", bool),
     )
-    compared = (*(name for name, _ in fields), "retry_on_statuses")
+    #: The circuit breaker's settings, exported as a nested `breaker` mapping without the prefix.
+    breaker_fields = (
+        ("mode", str),
+        ("consecutive_failures", int),
+        ("failure_rate", int),
+        ("window_seconds", int),
+        ("minimum_calls", int),
+        ("slow_call_ms", int),
+        ("open_seconds", (int, float)),
+        ("half_open_probes", int),
+    )
+    compared = (
+        *(name for name, _ in fields),
+        "retry_on_statuses",
+        *(f"breaker_{name}" for name, _ in breaker_fields),
+        "breaker_failure_statuses",
+    )
 
     @property
     def model(self):
@@ -318,19 +334,41 @@ class UpstreamSection(Section):
 
     def export(self, obj) -> dict[str, Any]:
         item = {"name": obj.name, **{name: getattr(obj, name) for name, _ in self.fields}}
-        item["retry_on_statuses"] = [int(s) for s in obj.retry_on_statuses.split(",") if s]
+        item["retry_on_statuses"] = _statuses(obj.retry_on_statuses)
+        item["breaker"] = {name: getattr(obj, f"breaker_{name}") for name, _ in self.breaker_fields}
+        item["breaker"]["failure_statuses"] = _statuses(obj.breaker_failure_statuses)
         return item
 
     def build(self, item: Reader, obj, ctx: Context) -> None:
         obj.name = item.get("name", str)
         apply_fields(obj, item, self.fields)
-        statuses = item.get("retry_on_statuses", list, [502, 503, 504])
-        if statuses is not None:
-            if all(isinstance(s, int) and not isinstance(s, bool) for s in statuses):
-                obj.retry_on_statuses = ",".join(str(s) for s in statuses)
-            else:
-                item.problem("retry_on_statuses", "must be a list of status codes")
+        _set_statuses(obj, "retry_on_statuses", item, item.get("retry_on_statuses", list, [502, 503, 504]))
+        breaker = item.get("breaker", dict, {})
+        nested = Reader(breaker if isinstance(breaker, dict) else {}, f"{item.where}.breaker", ctx)
+        for name, kinds in self.breaker_fields:
+            model_field = obj._meta.get_field(f"breaker_{name}")
+            value = nested.get(name, kinds, model_field.get_default())
+            if isinstance(value, int) and not isinstance(value, bool) and isinstance(model_field, models.FloatField):
+                value = float(value)
+            setattr(obj, f"breaker_{name}", value)
+        _set_statuses(obj, "breaker_failure_statuses", nested, nested.get("failure_statuses", list, [502, 503, 504]))
+        nested.finish()
+        if obj.breaker_mode not in ("normal", "forced_open", "disabled", "shadow"):
+            nested.problem("mode", "must be one of normal, forced_open, disabled, shadow")
         full_check(obj, item)
+
+
+def _statuses(value: str) -> list[int]:
+    return [int(s) for s in value.split(",") if s]
+
+
+def _set_statuses(obj, field: str, item: Reader, statuses) -> None:
+    if statuses is None:
+        return
+    if all(isinstance(s, int) and not isinstance(s, bool) for s in statuses):
+        setattr(obj, field, ",".join(str(s) for s in statuses))
+    else:
+        item.problem(field.removeprefix("breaker_"), "must be a list of status codes")
 
 
 class RouteSection(Section):

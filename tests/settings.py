@@ -24,3 +24,7 @@ if not os.environ.get("DATABASE_URL"):
 from gateway_project.settings import *  # noqa: E402, F403
 
 ALLOWED_HOSTS = ["*"]
+
+# In-process tests render admin pages without running collectstatic first.
+STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
+Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)  # noqa: F405

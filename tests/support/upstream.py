@@ -13,7 +13,8 @@ Behaviour is chosen by the request path (anywhere in it, so a base path in front
 - anything else                200 with a small JSON body describing the request
 
 `queue(...)` makes the next requests answer given statuses (or "reset" to close the connection without an
-answer), whatever their path.
+answer), whatever their path. `behave(status=..., delay=...)` makes every request wait `delay` seconds and
+then answer `status` (a failing, slow or hung upstream) until `behave()` restores normal answers.
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if scripted is not None:
             return self._send(int(scripted), b'{"scripted": true}')
+        status, delay = self.server.behaviour
+        if delay:
+            time.sleep(delay)
+        if status is not None:
+            return self._send(status, b'{"forced": true}')
         path = self.path.split("?", 1)[0]
         if m := re.search(r"/status/(\d{3})", path):
             return self._send(int(m.group(1)), b'{"status": true}')
@@ -192,6 +198,7 @@ class Upstream(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.received: list[Received] = []
         self.script: deque = deque()
+        self.behaviour: tuple[int | None, float] = (None, 0.0)
         self.connections_seen: set = set()
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
@@ -215,10 +222,14 @@ class Upstream(ThreadingHTTPServer):
         with self.lock:
             self.script.extend(answers)
 
+    def behave(self, status: int | None = None, delay: float = 0.0) -> None:
+        self.behaviour = (status, delay)
+
     def reset(self) -> None:
         with self.lock:
             self.received.clear()
             self.script.clear()
+            self.behaviour = (None, 0.0)
             self.connections_seen.clear()
 
     def requests_to(self, fragment: str) -> list[Received]:

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.views.decorators.http import require_POST
+from redis.exceptions import RedisError
+
+from breakers import services
+from breakers.models import Breaker, BreakerTransition
+
+ACTIONS = {
+    "reset": "Reset (close and clear counts)",
+    "forced_open": "Force open",
+    "disabled": "Disable (always pass, still count)",
+    "shadow": "Shadow (count, never reject)",
+    "normal": "Back to normal",
+}
+
+
+@admin.register(Breaker)
+class BreakerAdmin(admin.ModelAdmin):
+    """The live breakers page: state read from Redis at each load, operator actions per upstream."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_urls(self):
+        return [
+            path("", self.admin_site.admin_view(self.live_view), name="breakers_breaker_changelist"),
+            path("act/", self.admin_site.admin_view(require_POST(self.act_view)), name="breakers_breaker_act"),
+        ]
+
+    def live_view(self, request: HttpRequest):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return TemplateResponse(
+            request,
+            "admin/breakers/live.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Circuit breakers",
+                "opts": self.model._meta,
+                "statuses": services.live_states(),
+                "actions": ACTIONS,
+                "can_act": self.has_change_permission(request),
+            },
+        )
+
+    def act_view(self, request: HttpRequest):
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        action, names = request.POST.get("action", ""), request.POST.getlist("upstream")
+        actor = f"admin:{request.user.get_username()}"
+        try:
+            if action == "reset":
+                done = services.reset_breakers(names=names, actor=actor)
+            elif action in ACTIONS:
+                done = services.set_mode(names=names, mode=action, actor=actor)
+            else:
+                raise ValueError(f"unknown action {action!r}")
+        except (services.UnknownUpstream, ValueError) as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        except RedisError as exc:
+            self.message_user(request, f"Redis is unavailable ({type(exc).__name__}); nothing changed.", messages.ERROR)
+        else:
+            what = ACTIONS[action].split(" (")[0].lower()
+            self.message_user(
+                request, f"{what}: {', '.join(done)}" if done else f"{what}: nothing to change", messages.SUCCESS
+            )
+        return HttpResponseRedirect(reverse("admin:breakers_breaker_changelist"))
+
+
+@admin.register(BreakerTransition)
+class BreakerTransitionAdmin(admin.ModelAdmin):
+    list_display = ("at", "upstream_name", "kind", "from_state", "to_state", "reason", "actor")
+    list_filter = ("kind", "to_state", "upstream_name")
+    search_fields = ("upstream_name", "reason", "actor")
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -1,0 +1,44 @@
+"""Gateway pipeline middleware of the breakers app: an open breaker answers 503 at once."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponseBase
+
+from breakers import service, sync
+from gateway_project.responses import json_error
+
+
+class BreakerMiddleware:
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+        if settings.GATEWAY_CONFIG_WATCH:
+            sync.start()
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        upstream = request.gateway_route.upstream
+        started = time.perf_counter()
+        decision = service.check(upstream.id, upstream.name, upstream.breaker)
+        request.timings["breaker"] = time.perf_counter() - started
+        if isinstance(decision, service.Rejected):
+            wait = max(1, math.ceil(decision.retry_after))
+            request.log["breaker"] = decision.reason
+            for listener in service.listeners:
+                listener("rejected", service.entry(upstream.id, upstream.name, upstream.breaker), None)
+            response = json_error(
+                request,
+                503,
+                "circuit_open",
+                "The upstream is failing; the gateway is not sending it requests for now.",
+                upstream=upstream.name,
+                retry_after=wait,
+            )
+            response["Retry-After"] = str(wait)
+            return response
+        request.breaker_observer = decision
+        if decision.probe:
+            request.log["breaker"] = "probe"
+        return self.get_response(request)

@@ -1,0 +1,142 @@
+"""Operator actions and live state; the admin page and the management commands call these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.apps import apps
+from django.db import transaction
+from django.utils import timezone
+from redis.exceptions import RedisError
+
+from breakers import storage, sync
+from breakers.models import BreakerTransition
+from breakers.policy import MODES, OPEN, settings_from
+
+
+class UnknownUpstream(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class BreakerStatus:
+    upstream_id: int
+    upstream: str
+    mode: str
+    state: str
+    consecutive_failures: int
+    window_calls: int
+    window_failures: int
+    next_probe_in: float | None  # seconds, when open
+    last_transition: BreakerTransition | None
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        last = self.last_transition
+        return {
+            "upstream": self.upstream,
+            "mode": self.mode,
+            "state": self.state,
+            "consecutive_failures": self.consecutive_failures,
+            "window_calls": self.window_calls,
+            "window_failures": self.window_failures,
+            "next_probe_in_seconds": self.next_probe_in,
+            "last_transition": None
+            if last is None
+            else {
+                "at": last.at.isoformat(),
+                "from": last.from_state,
+                "to": last.to_state,
+                "reason": last.reason,
+                "actor": last.actor,
+            },
+            "error": self.error,
+        }
+
+
+def _upstreams(names: list[str] | None = None):
+    queryset = apps.get_model("proxy", "Upstream").objects.order_by("name")
+    if names:
+        found = {u.name: u for u in queryset.filter(name__in=names)}
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise UnknownUpstream(f"no upstream named {', '.join(repr(n) for n in missing)}")
+        return [found[n] for n in names]
+    return list(queryset)
+
+
+def live_states(*, names: list[str] | None = None) -> list[BreakerStatus]:
+    """Every breaker's live state, read from Redis (and the last transition from the history)."""
+    statuses = []
+    for upstream in _upstreams(names):
+        policy = settings_from(upstream)
+        sync.record_events(upstream.id)
+        last = BreakerTransition.objects.filter(upstream_id=upstream.id).first()
+        try:
+            view = storage.read(upstream.id, upstream.name, policy)
+            calls, failures = storage.window_counts(upstream.id, policy)
+        except RedisError as exc:  # Redis unavailable: say so per breaker, show the rest
+            statuses.append(
+                BreakerStatus(
+                    upstream.id,
+                    upstream.name,
+                    upstream.breaker_mode,
+                    "unknown",
+                    0,
+                    0,
+                    0,
+                    None,
+                    last,
+                    error=type(exc).__name__,
+                )
+            )
+            continue
+        statuses.append(
+            BreakerStatus(
+                upstream.id,
+                upstream.name,
+                upstream.breaker_mode,
+                view.state,
+                view.consec,
+                calls,
+                failures,
+                view.open_remaining if view.state == OPEN else None,
+                last,
+            )
+        )
+    return statuses
+
+
+def reset_breakers(*, names: list[str] | None = None, actor: str) -> list[str]:
+    """Close the named breakers (all when `names` is None) and clear their counts; returns the names reset."""
+    done = []
+    for upstream in _upstreams(names):
+        storage.run("reset", upstream.id, upstream.name, settings_from(upstream), extra=actor)
+        sync.record_events(upstream.id)
+        done.append(upstream.name)
+    return done
+
+
+@transaction.atomic
+def set_mode(*, names: list[str], mode: str, actor: str) -> list[str]:
+    """Set the operator mode (normal, forced_open, disabled, shadow); every gateway applies it within a second."""
+    if mode not in MODES:
+        raise ValueError(f"unknown breaker mode {mode!r}; choose one of {', '.join(MODES)}")
+    changed = []
+    for upstream in _upstreams(names):
+        if upstream.breaker_mode == mode:
+            continue
+        BreakerTransition.objects.create(
+            upstream_id=upstream.id,
+            upstream_name=upstream.name,
+            kind="mode",
+            from_state=upstream.breaker_mode,
+            to_state=mode,
+            reason=f"mode set to {mode}",
+            actor=actor,
+            at=timezone.now(),
+        )
+        upstream.breaker_mode = mode
+        upstream.save(update_fields=["breaker_mode", "updated_at"])
+        changed.append(upstream.name)
+    return changed
