@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test test-fast lint venv migrate demo clean redis-server
+.PHONY: run test test-fast lint venv clean test-tools
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11" >&2; exit 1; }
@@ -27,23 +27,26 @@ run: venv
 	$(PY) manage.py gateway_demo
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py gateway_project.wsgi
 
-# Tests start their own redis-server (see tests/conftest.py); it must be installed.
-redis-server:
-	@command -v redis-server >/dev/null || { \
+# Tests start their own redis-server and, for the dashboard test, prometheus (see tests/conftest.py). Both
+# come from Debian's packages, installed here when missing.
+test-tools:
+	@for tool in redis-server prometheus; do \
+	  command -v $$tool >/dev/null && continue; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing redis-server (Debian package) for the tests"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null || \
-	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null; }; \
+	    echo "installing $$tool (Debian package) for the tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$tool >/dev/null || \
+	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$tool >/dev/null; } || exit 1; \
 	  else \
-	    echo "error: the tests need redis-server on PATH (Debian/Ubuntu: apt-get install redis-server)" >&2; exit 1; \
-	  fi; }
+	    echo "error: the tests need $$tool on PATH (Debian/Ubuntu: apt-get install $$tool)" >&2; exit 1; \
+	  fi; \
+	done
 
-test: venv redis-server
+test: venv test-tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest --ds=tests.settings $(PYTEST_ARGS)
 
 # While iterating: skip the slow load, soak and large-transfer tests.
-test-fast: venv redis-server
+test-fast: venv test-tools
 	$(VENV)/bin/pytest --ds=tests.settings -m "not slow" $(PYTEST_ARGS)
 
 lint: venv

@@ -8,6 +8,9 @@ would hold only workers x threads. docs/operations.md has the measurements behin
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from gateway_project import redis_url
 from gateway_project.env import env_bool, env_float, env_int, env_listen, env_str
@@ -17,6 +20,12 @@ from gateway_project.logging import build_logging_config
 _redis_url = redis_url.resolve_redis_url(os.environ.get("REDIS_URL"))
 os.environ["REDIS_URL"] = _redis_url
 _embedded = redis_url.is_embedded(_redis_url)
+
+# Metrics of all workers add up through files in one directory (prometheus_client's multiprocess mode). It
+# must be set before any worker imports prometheus_client; it is emptied at start and removed at exit.
+_metrics_dir = env_str("GATEWAY_METRICS_DIR") or tempfile.mkdtemp(prefix="gateway-metrics-")
+_own_metrics_dir = not os.environ.get("GATEWAY_METRICS_DIR")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
 _host, _port = env_listen("GATEWAY_LISTEN", "127.0.0.1:8000")
 bind = [f"[{_host}]:{_port}" if ":" in _host else f"{_host}:{_port}"]
@@ -53,6 +62,9 @@ logconfig_dict = build_logging_config(
 
 
 def on_starting(server):
+    Path(_metrics_dir).mkdir(parents=True, exist_ok=True)
+    for stale in Path(_metrics_dir).glob("*.db"):
+        stale.unlink()
     log = logging.getLogger("gunicorn.error")
     if _embedded:
         log.warning(
@@ -62,3 +74,14 @@ def on_starting(server):
         )
     else:
         log.info("using Redis at %s", redis_url.redacted(_redis_url))
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

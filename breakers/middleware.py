@@ -26,8 +26,6 @@ class BreakerMiddleware:
         if isinstance(decision, service.Rejected):
             wait = max(1, math.ceil(decision.retry_after))
             request.log["breaker"] = decision.reason
-            for listener in service.listeners:
-                listener("rejected", service.entry(upstream.id, upstream.name, upstream.breaker), None)
             response = json_error(
                 request,
                 503,
@@ -39,6 +37,5 @@ class BreakerMiddleware:
             response["Retry-After"] = str(wait)
             return response
         request.breaker_observer = decision
-        if decision.probe:
-            request.log["breaker"] = "probe"
+        request.log["breaker"] = decision.state
         return self.get_response(request)

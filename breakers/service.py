@@ -76,10 +76,16 @@ class Entry:
         """Take a newer view of the shared state (replies and messages may arrive out of order)."""
         current = self.view
         if current is None or view.gen >= current.gen:
-            self.view = view
-            self.open_until = time.monotonic() + view.open_remaining if view.state == OPEN else 0.0
+            self._set(view)
         if view.transitioned:
             self.drain = True
+
+    def _set(self, view: View) -> None:
+        previous = self.view
+        self.view = view
+        self.open_until = time.monotonic() + view.open_remaining if view.state == OPEN else 0.0
+        if previous is None or previous.state != view.state:
+            _notify("state", self, view)
 
     def call(self, op: str, policy: BreakerSettings, *, gen: int | None = None, extra: str = "") -> View:
         """Run `op` on the shared state, or on this worker's own breaker while Redis is unavailable."""
@@ -89,14 +95,15 @@ class Entry:
                 view = storage.run(op, self.id, self.name, policy, gen=gen, extra=extra)
             except RedisError as exc:
                 self.local_until = now + LOCAL_FOR
+                _notify("redis_error", self, None)
                 _note_fallback(self, exc)
             else:
                 if self.local is not None:
                     logger.info("breaker back on shared state", extra={"upstream": self.name})
                     self.local = None
                 self.adopt(view)
-                for listener in listeners:
-                    listener("op", self, view)
+                if view.transitioned:
+                    _notify("transition", self, view, view.from_state)
                 return view
         return self._local_call(op, policy, gen)
 
@@ -113,10 +120,11 @@ class Entry:
             view = local.ok(policy, None, probe=True)
         else:
             view = local.view(policy)
-        for listener in listeners:
-            listener("fallback", self, view)
-        self.view = view
-        self.open_until = time.monotonic() + view.open_remaining if view.state == OPEN else 0.0
+        _notify("fallback", self, view)
+        previous = self.view.state if self.view is not None else ""
+        self._set(view)
+        if view.transitioned:
+            _notify("transition", self, view, previous)
         return view
 
     def current(self, policy: BreakerSettings) -> View:
@@ -129,13 +137,14 @@ class Entry:
 class Ticket:
     """Permission to forward one request; hears every attempt's outcome (retries included)."""
 
-    __slots__ = ("entry", "gen", "policy", "probe")
+    __slots__ = ("entry", "gen", "policy", "probe", "state")
 
-    def __init__(self, entry: Entry, policy: BreakerSettings, gen: int | None, probe: bool) -> None:
+    def __init__(self, entry: Entry, policy: BreakerSettings, gen: int | None, probe: bool, state: str) -> None:
         self.entry = entry
         self.policy = policy
         self.gen = gen
         self.probe = probe
+        self.state = state  # for the access log: the state (or mode) the request was let through in
 
     def attempt_finished(self, *, status: int | None, error: Exception | None, elapsed: float) -> None:
         policy = self.policy
@@ -151,8 +160,6 @@ class Ticket:
         view = self.entry.call("fail", policy, gen=self.gen, extra=what)
         self.gen = view.gen
         self.probe = False
-        for listener in listeners:
-            listener("failure", self.entry, view)
 
     def _success(self) -> None:
         entry = self.entry
@@ -169,8 +176,15 @@ class Ticket:
 
 _entries: dict[int, Entry] = {}
 _entries_lock = threading.Lock()
-#: Called with (event, entry, view); metrics and logs subscribe. Events: op, failure, fallback, rejected.
-listeners: list[Callable[[str, Entry, View], None]] = []
+#: Called with (event, entry, view[, previous state]); metrics subscribe. Events: state (this worker's view
+#: of a breaker changed state), transition (this worker's call moved the shared state; with the state before),
+#: rejected, fallback (decided without Redis), redis_error.
+listeners: list[Callable[..., None]] = []
+
+
+def _notify(event: str, found: Entry, view: View | None, *previous: str) -> None:
+    for listener in listeners:
+        listener(event, found, view, *previous)
 
 
 def entry(upstream_id: int, name: str, policy: BreakerSettings) -> Entry:
@@ -186,24 +200,29 @@ def entry(upstream_id: int, name: str, policy: BreakerSettings) -> Entry:
 
 def check(upstream_id: int, name: str, policy: BreakerSettings) -> Ticket | Rejected:
     """May a request go to this upstream now?"""
-    if policy.mode == FORCED_OPEN:
-        return Rejected(name, policy.open_seconds, "forced open by an operator")
     found = entry(upstream_id, name, policy)
+    if policy.mode == FORCED_OPEN:
+        return _rejected(found, policy.open_seconds, FORCED_OPEN)
     found.last_used = now = time.monotonic()
     if policy.mode == DISABLED:
         view = found.view
-        return Ticket(found, policy, view.gen if view is not None else None, False)
+        return Ticket(found, policy, view.gen if view is not None else None, False, DISABLED)
     view = found.current(policy)
     if view.state == CLOSED:
-        return Ticket(found, policy, view.gen, False)
+        return Ticket(found, policy, view.gen, False, CLOSED)
     if view.state == OPEN and (now := time.monotonic()) < found.open_until:
         if policy.mode == SHADOW:
-            return Ticket(found, policy, view.gen, False)
-        return Rejected(name, found.open_until - now, "open")
+            return Ticket(found, policy, view.gen, False, "shadow:open")
+        return _rejected(found, found.open_until - now, OPEN)
     view = found.call("acquire", policy)
     if view.granted or policy.mode == SHADOW:
-        return Ticket(found, policy, view.gen, view.probe)
-    return Rejected(name, view.open_remaining or 1.0, view.state)
+        return Ticket(found, policy, view.gen, view.probe, "probe" if view.probe else view.state)
+    return _rejected(found, view.open_remaining or 1.0, view.state)
+
+
+def _rejected(found: Entry, retry_after: float, state: str) -> Rejected:
+    _notify("rejected", found, found.view)
+    return Rejected(found.name, retry_after, state)
 
 
 _fallback_log = {"last": 0.0, "count": 0}

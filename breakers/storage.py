@@ -32,6 +32,7 @@ class View:
     granted: bool = True
     transitioned: bool = False
     probe: bool = False
+    from_state: str = ""
 
 
 def keys(upstream_id: int) -> list[str]:
@@ -66,9 +67,16 @@ def run(
         keys=keys(upstream_id),
         args=[op, "" if gen is None else str(gen), *policy.script_args(), name, channel(), extra, str(upstream_id)],
     )
-    state = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+    state, from_state = (r.decode() if isinstance(r, bytes) else r for r in (reply[0], reply[7]))
     return View(
-        state, int(reply[1]), int(reply[2]), int(reply[3]) / 1000, bool(reply[4]), bool(reply[5]), bool(reply[6])
+        state,
+        int(reply[1]),
+        int(reply[2]),
+        int(reply[3]) / 1000,
+        bool(reply[4]),
+        bool(reply[5]),
+        bool(reply[6]),
+        from_state,
     )
 
 

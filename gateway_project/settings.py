@@ -55,6 +55,9 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         _database["TEST"] = {"NAME": _test_name}
 elif _database["ENGINE"] == "django.db.backends.postgresql":
     _database.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+# django-prometheus's wrappers count queries, errors and their time (the admin's and the config loads'; a
+# proxied request makes none).
+_database["ENGINE"] = _database["ENGINE"].replace("django.db.backends.", "django_prometheus.db.backends.")
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -97,6 +100,12 @@ for _name, _value in (
 ):
     if not _value.replace("-", "").isalnum():
         raise ImproperlyConfigured(f"{_name}: a header name of letters, digits and '-', got {_value!r}")
+GATEWAY_SERVER_TIMING = env_bool("GATEWAY_SERVER_TIMING", True)
+GATEWAY_LOG_QUERY = env_bool("GATEWAY_LOG_QUERY", False)
+GATEWAY_METRICS_ALLOWED_NETWORKS = env_networks("GATEWAY_METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1")
+GATEWAY_METRICS_TOKEN = env_str("GATEWAY_METRICS_TOKEN", "")
+if GATEWAY_METRICS_TOKEN and len(GATEWAY_METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("GATEWAY_METRICS_TOKEN: use at least 16 characters")
 # IPv6 clients are counted per network of this size by rate limits (a /64 is usually one subscriber).
 GATEWAY_RATELIMIT_IPV6_PREFIX = env_int("GATEWAY_RATELIMIT_IPV6_PREFIX", 64, minimum=1, maximum=128)
 GATEWAY_RATELIMIT_IPV4_PREFIX = env_int("GATEWAY_RATELIMIT_IPV4_PREFIX", 32, minimum=1, maximum=32)
@@ -120,6 +129,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_prometheus",
     "proxy",
     "limits",
     "breakers",
@@ -131,6 +141,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "gateway_project.request_id.RequestIdMiddleware",
     "proxy.middleware.RouteMiddleware",
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -139,6 +150,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 GATEWAY_PIPELINE = [
     "limits.middleware.ApiKeyMiddleware",

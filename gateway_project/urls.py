@@ -7,6 +7,7 @@ from gateway_project import views
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("metrics", views.metrics_view, name="metrics"),
     path(settings.GATEWAY_ADMIN_PATH.strip("/") + "/", admin.site.urls),
 ]
 

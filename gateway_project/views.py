@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 
+from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from gateway_project import store
+from gateway_project import metrics, store
 from gateway_project.responses import json_error
 from proxy import runtime
+from proxy.client_ip import in_networks
 
 
 def healthz(request: HttpRequest) -> HttpResponse:
@@ -39,6 +43,21 @@ def readyz(request: HttpRequest) -> HttpResponse:
     ready = all(not value.startswith("error") for value in checks.values())
     body = {"status": "ready" if ready else "unavailable", "checks": checks}
     return HttpResponse(json.dumps(body), status=200 if ready else 503, content_type="application/json")
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition. Not public: loopback (GATEWAY_METRICS_ALLOWED_NETWORKS) or a bearer token."""
+    token = settings.GATEWAY_METRICS_TOKEN
+    presented = request.META.get("HTTP_AUTHORIZATION", "")
+    allowed = in_networks(request.client_ip, settings.GATEWAY_METRICS_ALLOWED_NETWORKS) or (
+        token and hmac.compare_digest(presented.encode(), f"Bearer {token}".encode())
+    )
+    if not allowed:
+        response = json_error(request, 403, "forbidden", "Metrics are not available to this client.")
+        if token:
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return HttpResponse(metrics.render(), content_type=CONTENT_TYPE_LATEST)
 
 
 def not_found(request: HttpRequest, exception=None) -> HttpResponse:

@@ -9,7 +9,6 @@ with jitter) and `get_retry_after`.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -23,23 +22,26 @@ from urllib3.exceptions import (
     InvalidHeader,
     MaxRetryError,
     NewConnectionError,
+    ProtocolError,
     ReadTimeoutError,
 )
 from urllib3.response import BaseHTTPResponse
 
 from proxy.routing import UpstreamTarget
 
-logger = logging.getLogger(__name__)
-
 
 class UpstreamFailed(Exception):
     """No usable response: `timeout` is True when time ran out (504), False when the upstream failed (502)."""
 
-    def __init__(self, message: str, *, timeout: bool, attempts: int, retries: int) -> None:
+    def __init__(self, message: str, *, timeout: bool, attempts: int, retry_reasons: list[str]) -> None:
         super().__init__(message)
         self.timeout = timeout
         self.attempts = attempts
-        self.retries = retries
+        self.retry_reasons = retry_reasons
+
+    @property
+    def retries(self) -> int:
+        return len(self.retry_reasons)
 
 
 class ClientBodyError(Exception):
@@ -62,8 +64,12 @@ class AttemptObserver(Protocol):
 class Exchange:
     response: BaseHTTPResponse
     attempts: int
-    retries: int
+    retry_reasons: list[str]  # why each retry happened: connect, read_timeout, protocol, status_503, ...
     upstream_seconds: float
+
+    @property
+    def retries(self) -> int:
+        return len(self.retry_reasons)
 
 
 _pools_lock = threading.Lock()
@@ -83,6 +89,18 @@ def pool_manager() -> urllib3.PoolManager:
                     retries=False,
                 )
     return _pool_manager
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, NewConnectionError):
+        return "connect"
+    if isinstance(error, ConnectTimeoutError):
+        return "connect_timeout"
+    if isinstance(error, ReadTimeoutError):
+        return "read_timeout"
+    if isinstance(error, ProtocolError):
+        return "protocol"
+    return "other"
 
 
 def _is_timeout(error: Exception) -> bool:
@@ -124,10 +142,11 @@ def send(
     started = clock()
     deadline = started + upstream.deadline
     attempts = 0
+    reasons: list[str] = []
     while True:
         remaining = deadline - clock()
         if remaining <= 0:
-            raise UpstreamFailed("deadline exceeded", timeout=True, attempts=attempts, retries=max(attempts - 1, 0))
+            raise UpstreamFailed("deadline exceeded", timeout=True, attempts=attempts, retry_reasons=reasons)
         attempts += 1
         attempt_started = clock()
         try:
@@ -154,18 +173,15 @@ def send(
         except HTTPError as error:
             if observer is not None:
                 observer.attempt_finished(status=None, error=error, elapsed=clock() - attempt_started)
+            failed = UpstreamFailed(str(error), timeout=_is_timeout(error), attempts=attempts, retry_reasons=reasons)
             try:
                 retry = retry.increment(method, url, error=error)
             except (MaxRetryError, HTTPError):
-                raise UpstreamFailed(
-                    str(error), timeout=_is_timeout(error), attempts=attempts, retries=attempts - 1
-                ) from error
+                raise failed from error
             wait = retry.get_backoff_time()
             if clock() + wait >= deadline or (observer is not None and not observer.may_continue()):
-                raise UpstreamFailed(
-                    str(error), timeout=_is_timeout(error), attempts=attempts, retries=attempts - 1
-                ) from error
-            logger.info("retrying upstream", extra={"upstream": upstream.name, "reason": type(error).__name__})
+                raise failed from error
+            reasons.append(_reason(error))
             sleep(wait)
             continue
 
@@ -176,7 +192,7 @@ def send(
             try:
                 next_retry = retry.increment(method, url, response=response)
             except MaxRetryError:
-                return Exchange(response, attempts, attempts - 1, clock() - started)
+                return Exchange(response, attempts, reasons, clock() - started)
             try:
                 wait = next_retry.get_retry_after(response)
             except InvalidHeader:
@@ -185,10 +201,10 @@ def send(
                 wait = next_retry.get_backoff_time()
             # A Retry-After (or backoff) longer than the time left ends the retries: relay this answer.
             if clock() + wait >= deadline or (observer is not None and not observer.may_continue()):
-                return Exchange(response, attempts, attempts - 1, clock() - started)
+                return Exchange(response, attempts, reasons, clock() - started)
             discard(response)
-            logger.info("retrying upstream", extra={"upstream": upstream.name, "reason": f"status {status}"})
+            reasons.append(f"status_{status}")
             retry = next_retry
             sleep(wait)
             continue
-        return Exchange(response, attempts, attempts - 1, clock() - started)
+        return Exchange(response, attempts, reasons, clock() - started)

@@ -16,6 +16,7 @@ from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.module_loading import import_string
 
+from gateway_project.metrics import OWN
 from gateway_project.responses import json_error
 from proxy import runtime
 from proxy.client_ip import in_networks
@@ -54,6 +55,7 @@ class RouteMiddleware:
         path = request.path_info
         own = _under(path, self.reserved)
         if own is not None:
+            request.route_label = OWN
             if _under(path, self.admin_prefixes) and not in_networks(request.client_ip, self.admin_networks):
                 return json_error(request, 403, "forbidden", "The admin is not reachable from this address.")
             if own == "/_demo" and not self.demo:
@@ -77,6 +79,7 @@ class RouteMiddleware:
             response["Allow"] = ", ".join(match.allowed)
             return response
         request.gateway_route = match
+        request.route_label = match.name
         request.gateway_target = target
         try:
             return self.pipeline(request)

@@ -54,6 +54,8 @@ class _Loader:
 
 
 _loaders: dict[str, _Loader] = {}
+#: Called (no arguments) whenever a Redis call of the configuration machinery fails; metrics subscribe.
+redis_error_listeners: list = []
 _current = Snapshot(revision=0)
 _lock = threading.Lock()
 
@@ -114,6 +116,8 @@ def publish(token: str) -> None:
     try:
         store.ops_client().set(revision_key(), token, ex=REVISION_TTL)
     except RedisError as exc:
+        for listener in redis_error_listeners:
+            listener()
         logger.warning(
             "config change not published to Redis; workers will see it through the database within %.0f s",
             DB_CHECK_INTERVAL,
@@ -155,6 +159,8 @@ class Watcher(threading.Thread):
             hinted, redis_ok = (raw.decode() if raw is not None else None), True
         except RedisError:
             hinted, redis_ok = None, False
+            for listener in redis_error_listeners:
+                listener()
         since_db = now - self.last_db_check
         if hinted is not None and hinted == _current.token and since_db < DB_CHECK_INTERVAL:
             return

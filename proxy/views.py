@@ -9,10 +9,13 @@ its connection returned to the pool at once; anything else streams.
 from __future__ import annotations
 
 import logging
+import time
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from urllib3.exceptions import HTTPError
 
+from gateway_project import metrics
 from gateway_project.responses import json_error
 from proxy import forwarding, headers
 from proxy.forwarding import BodyTooLarge, ClientBodyError, UpstreamFailed
@@ -88,7 +91,7 @@ def _request_body(request: HttpRequest, limit: int):
             if data is None:
                 return json_error(request, 400, "bad_request", "The request body ended early."), False, False
             return data, True, False
-        return _stream_fixed(stream, length), False, False
+        return _stream_fixed(request, stream, length), False, False
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         buffer_limit = settings.GATEWAY_RETRY_BUFFER_BYTES
         head = stream.read(buffer_limit + 1)
@@ -96,7 +99,7 @@ def _request_body(request: HttpRequest, limit: int):
             return _too_large(request, limit), False, False
         if len(head) <= buffer_limit:
             return head, True, False
-        return _stream_chunked(stream, head, limit), False, True
+        return _stream_chunked(request, stream, head, limit), False, True
     return None, True, False
 
 
@@ -119,25 +122,26 @@ def _read_exactly(stream, length: int) -> bytes | None:
     return b"".join(parts)
 
 
-def _stream_fixed(stream, length: int):
+def _stream_fixed(request: HttpRequest, stream, length: int):
     remaining = length
     while remaining:
         data = stream.read(min(remaining, CHUNK))
         if not data:
             raise ClientBodyError("the client closed the request body early")
         remaining -= len(data)
+        request.bytes_in += len(data)
         yield data
 
 
-def _stream_chunked(stream, head: bytes, limit: int):
-    sent = len(head)
+def _stream_chunked(request: HttpRequest, stream, head: bytes, limit: int):
+    request.bytes_in += len(head)
     yield head
     while True:
         data = stream.read(CHUNK)
         if not data:
             return
-        sent += len(data)
-        if limit and sent > limit:
+        request.bytes_in += len(data)
+        if limit and request.bytes_in > limit:
             raise BodyTooLarge(f"the request body exceeded {limit} bytes")
         yield data
 
@@ -151,6 +155,8 @@ def proxy(request: HttpRequest) -> HttpResponseBase:
     body, replayable, chunked = _request_body(request, route.max_body_bytes)
     if isinstance(body, HttpResponseBase):
         return body
+    if isinstance(body, bytes):
+        request.bytes_in = len(body)
 
     target = request.gateway_target
     url = route.forward_path(target.raw_path)
@@ -172,6 +178,7 @@ def proxy(request: HttpRequest) -> HttpResponseBase:
     if not replayable and not chunked:
         upstream_headers["Content-Length"] = request.environ["CONTENT_LENGTH"]
 
+    started = time.perf_counter()
     try:
         exchange = forwarding.send(
             upstream,
@@ -184,7 +191,9 @@ def proxy(request: HttpRequest) -> HttpResponseBase:
             observer=getattr(request, "breaker_observer", None),
         )
     except UpstreamFailed as exc:
-        request.log.update(retries=exc.retries, upstream_error=str(exc))
+        elapsed = request.timings["upstream"] = time.perf_counter() - started
+        metrics.observe_upstream(upstream=upstream.name, seconds=elapsed, retry_reasons=exc.retry_reasons)
+        request.log.update(retries=exc.retries, upstream_ms=round(elapsed * 1000, 3), upstream_error=str(exc))
         if exc.timeout:
             return json_error(
                 request, 504, "upstream_timeout", "The upstream did not answer in time.", upstream=upstream.name
@@ -198,7 +207,9 @@ def proxy(request: HttpRequest) -> HttpResponseBase:
         request.log.update(client_error=str(exc))
         return json_error(request, 400, "bad_request", "The request body could not be read.")
 
-    request.log.update(retries=exchange.retries, upstream_ms=round(exchange.upstream_seconds * 1000, 3))
+    elapsed = request.timings["upstream"] = exchange.upstream_seconds
+    metrics.observe_upstream(upstream=upstream.name, seconds=elapsed, retry_reasons=exchange.retry_reasons)
+    request.log.update(retries=exchange.retries, upstream_ms=round(elapsed * 1000, 3))
     return _relay(request, exchange.response)
 
 
@@ -213,7 +224,7 @@ def _relay(request: HttpRequest, upstream_response) -> HttpResponseBase:
                 if request.method == "HEAD" or status in _NO_BODY_STATUSES
                 else upstream_response.read(decode_content=False)
             )
-        except Exception:
+        except (HTTPError, OSError):
             upstream_response.close()
             upstream_response.release_conn()
             logger.warning("upstream response broke off", exc_info=True)
@@ -227,9 +238,9 @@ def _relay(request: HttpRequest, upstream_response) -> HttpResponseBase:
         upstream_response.release_conn()
         response: HttpResponseBase = UpstreamResponse(content, status=status, reason=upstream_response.reason)
     else:
-        response = UpstreamStreamingResponse(
-            UpstreamBody(upstream_response), status=status, reason=upstream_response.reason
-        )
+        body = UpstreamBody(upstream_response)
+        response = UpstreamStreamingResponse(body, status=status, reason=upstream_response.reason)
+        response.gateway_body = body
     del response.headers["Content-Type"]
     response.upstream_headers = lines
     return response

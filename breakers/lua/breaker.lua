@@ -12,7 +12,7 @@
 -- Every transition increments `gen`. A result reported with an older generation belongs to an earlier
 -- open/close cycle and changes nothing. Time is the Redis server's.
 --
--- Returns {state, gen, consec, open_remaining_ms, granted, transitioned, probe}.
+-- Returns {state, gen, consec, open_remaining_ms, granted, transitioned, probe, state before the call}.
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -32,6 +32,7 @@ local id = ARGV[13]
 
 local s = redis.call('HMGET', KEYS[1], 'state', 'gen', 'consec', 'opened', 'half_opened', 'probes', 'probe_ok')
 local state = s[1] or 'closed'
+local from_state = state
 local gen = tonumber(s[2] or '0')
 local consec = tonumber(s[3] or '0')
 local opened = tonumber(s[4] or '0')
@@ -163,4 +164,4 @@ if state == 'open' then open_remaining = math.max(0, opened + open_ms - now) end
 if transitioned or announce then
   redis.call('PUBLISH', channel, table.concat({id, state, gen, consec, open_remaining, transitioned and 1 or 0}, '|'))
 end
-return {state, gen, consec, open_remaining, granted, transitioned and 1 or 0, probe}
+return {state, gen, consec, open_remaining, granted, transitioned and 1 or 0, probe, from_state}

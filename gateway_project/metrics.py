@@ -1,0 +1,144 @@
+"""The gateway's Prometheus metrics, and the listeners that feed them from the apps.
+
+Under gunicorn every worker writes its samples to PROMETHEUS_MULTIPROC_DIR (set by gunicorn.conf.py, cleaned
+at start, dead workers marked), and /metrics adds them up, so the counters match the requests served by
+all workers together.
+
+Labels are bounded: route and upstream names come from the configuration, the method from an allowlist (else
+OTHER), the status is a status code. Requests that matched no route count under route "(none)", the
+gateway's own endpoints under "(gateway)". Never a raw path, address or key.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+NO_ROUTE, OWN = "(none)", "(gateway)"
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+requests_total = Counter(
+    "gateway_requests", "Requests answered, by route, method and status.", ["route", "method", "status"]
+)
+request_duration = Histogram(
+    "gateway_request_duration_seconds",
+    "Time from request to response headers, by route.",
+    ["route"],
+    buckets=_LATENCY,
+)
+upstream_duration = Histogram(
+    "gateway_upstream_duration_seconds",
+    "Time until the upstream's response headers, all attempts of a request together, by upstream.",
+    ["upstream"],
+    buckets=_LATENCY,
+)
+upstream_retries = Counter(
+    "gateway_upstream_retries",
+    "Retries of upstream requests, by upstream and what was retried.",
+    ["upstream", "reason"],
+)
+bytes_in = Counter("gateway_request_body_bytes", "Request body bytes forwarded upstream, by route.", ["route"])
+bytes_out = Counter("gateway_response_body_bytes", "Response body bytes sent to clients, by route.", ["route"])
+ratelimit_decisions = Counter(
+    "gateway_ratelimit_decisions",
+    "Rate-limit decisions by policy: allowed, rejected, shadow_rejected, fallback (Redis unavailable).",
+    ["policy", "decision"],
+)
+breaker_state = Gauge(
+    "gateway_breaker_state",
+    "1 for each upstream's current breaker state (closed, open, half_open), 0 for the others.",
+    ["upstream", "state"],
+    multiprocess_mode="livemostrecent",
+)
+breaker_transitions = Counter(
+    "gateway_breaker_transitions", "Breaker transitions.", ["upstream", "from_state", "to_state"]
+)
+breaker_rejections = Counter("gateway_breaker_rejections", "Requests refused by an open breaker.", ["upstream"])
+breaker_fallbacks = Counter(
+    "gateway_breaker_fallbacks", "Breaker decisions taken by a worker alone, Redis being unavailable.", ["upstream"]
+)
+redis_errors = Counter("gateway_redis_errors", "Redis calls that failed or timed out, by operation.", ["operation"])
+
+_STATES = ("closed", "open", "half_open")
+_children: dict[tuple, object] = {}
+
+
+def _child(metric, *labels):
+    """metric.labels(*labels), cached: labels() takes a lock and builds a key on every call."""
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
+def observe_request(*, route: str, method: str, status: int, seconds: float, body_in: int, body_out: int) -> None:
+    method = method if method in METHODS else "OTHER"
+    _child(requests_total, route, method, str(status)).inc()
+    _child(request_duration, route).observe(seconds)
+    if body_in:
+        _child(bytes_in, route).inc(body_in)
+    if body_out:
+        _child(bytes_out, route).inc(body_out)
+
+
+def observe_upstream(*, upstream: str, seconds: float, retry_reasons: list[str]) -> None:
+    _child(upstream_duration, upstream).observe(seconds)
+    for reason in retry_reasons:
+        _child(upstream_retries, upstream, reason).inc()
+
+
+def on_ratelimit(outcome) -> None:
+    for result in outcome.results:
+        _child(ratelimit_decisions, result.policy.name, result.decision).inc()
+    if outcome.redis_error:
+        _child(redis_errors, "ratelimit").inc()
+
+
+def on_breaker(event: str, entry, view, previous: str | None = None) -> None:
+    name = entry.name
+    if event == "state":
+        for state in _STATES:
+            _child(breaker_state, name, state).set(1 if view.state == state else 0)
+    elif event == "transition":
+        _child(breaker_transitions, name, previous or "unknown", view.state).inc()
+    elif event == "rejected":
+        _child(breaker_rejections, name).inc()
+    elif event == "fallback":
+        _child(breaker_fallbacks, name).inc()
+    elif event == "redis_error":
+        _child(redis_errors, "breaker").inc()
+
+
+def on_config_redis_error() -> None:
+    _child(redis_errors, "config").inc()
+
+
+_installed = False
+
+
+def install() -> None:
+    """Subscribe the metrics to the apps' listeners (once per process)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    from breakers import service
+    from limits import limiter
+    from proxy import runtime
+
+    limiter.listeners.append(on_ratelimit)
+    service.listeners.append(on_breaker)
+    runtime.redis_error_listeners.append(on_config_redis_error)
+
+
+def render() -> bytes:
+    """The exposition of every worker's metrics (or this process's, outside gunicorn)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(DEFAULT_REGISTRY)

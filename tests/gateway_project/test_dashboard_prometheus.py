@@ -1,0 +1,190 @@
+"""The Grafana dashboard against a real Prometheus scraping a real gateway.
+
+Traffic with successes, 4xx, 5xx, retries, 429s, a breaker trip and Redis errors runs while Prometheus scrapes
+every second; then every query of every panel is run through Prometheus's HTTP API and must be valid and
+return data. Prometheus comes from Debian's package (`make test` installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from django.conf import settings
+
+from gateway_project import store
+from limits.models import RateLimitPolicy
+from tests.conftest import database_url_for_gateway
+from tests.support.config import make_route, make_upstream, serve
+from tests.support.servers import REPO, Gateway, RedisServer, free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "gateway.json"
+
+
+def test_the_dashboard_names_its_data_source_only_through_a_variable():
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert "uid" not in dashboard or not dashboard["uid"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}"
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in (
+        "requests per second",
+        "latency",
+        "upstream latency",
+        "4xx",
+        "5xx",
+        "429",
+        "breaker state",
+        "transitions",
+        "retries",
+        "redis errors",
+    ):
+        assert topic in titles, topic
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("dashboard-redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, own_redis, django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        gw = Gateway(
+            tmp_path_factory.mktemp("dashboard-gateway"),
+            redis_url=own_redis.url,
+            database_url=database_url_for_gateway(),
+            prefix="dash",
+            workers=2,
+        ).start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory, gateway):
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is not installed; `make test` installs Debian's package"
+    workdir = tmp_path_factory.mktemp("prometheus")
+    port = free_port()
+    config = workdir / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: gateway\n    metrics_path: /metrics\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{gateway.port}']\n"
+    )
+    log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1h",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: requests.get(f"{base}/-/ready", timeout=1).ok, 30, "prometheus ready")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def panel_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def concrete(expr: str) -> str:
+    """The query as Grafana sends it with every variable at 'All'."""
+    return expr.replace("$__rate_interval", "30s").replace("$route", ".*").replace("$upstream", ".*")
+
+
+def test_every_panel_query_is_valid_and_returns_data(prometheus, gateway, own_redis, transactional_db, upstream):
+    previous = (settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX)
+    settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = own_redis.url, gateway.prefix
+    store.reset_clients()
+    try:
+        api = make_route("api", "/api", make_upstream("backend", upstream.url, max_retries=2, backoff_factor=0))
+        make_route(
+            "flaky",
+            "/flaky",
+            make_upstream(
+                "flaky",
+                upstream.url + "/status/503",
+                max_retries=1,
+                backoff_factor=0,
+                breaker_consecutive_failures=5,
+                breaker_failure_rate=0,
+            ),
+        )
+        RateLimitPolicy.objects.create(name="api-per-ip", scope="route", route=api, limit=40, window_seconds=60)
+        serve(gateway)
+
+        stop = threading.Event()
+
+        def traffic() -> None:
+            session = requests.Session()
+            while not stop.is_set():
+                for path in ("/api/x", "/api/status/404", "/flaky/x", "/nowhere"):
+                    session.get(gateway.url(path), timeout=10)
+                time.sleep(0.02)
+
+        thread = threading.Thread(target=traffic)
+        thread.start()
+        time.sleep(4)
+        own_redis.pause()  # Redis errors: the limiter and breakers fall back
+        time.sleep(0.5)
+        own_redis.resume()
+        time.sleep(4)
+        stop.set()
+        thread.join()
+        time.sleep(2.5)  # two more scrapes after the last request
+
+        problems = []
+        for title, expr in panel_queries():
+            reply = requests.get(f"{prometheus}/api/v1/query", params={"query": concrete(expr)}, timeout=10).json()
+            if reply.get("status") != "success":
+                problems.append(f"{title}: {reply.get('error')}")
+            elif not reply["data"]["result"]:
+                problems.append(f"{title}: no data for {concrete(expr)}")
+        assert problems == []
+    finally:
+        settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = previous
+        store.reset_clients()
+
+
+def test_the_compose_scrape_config_and_provisioning_parse():
+    import yaml
+
+    docker = Path(REPO / "docker")
+    scrape = yaml.safe_load((docker / "prometheus" / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["metrics_path"] == "/metrics"
+    compose = yaml.safe_load((docker / "docker-compose.yml").read_text())
+    token = compose["services"]["gateway"]["environment"]["GATEWAY_METRICS_TOKEN"]
+    assert scrape["scrape_configs"][0]["authorization"]["credentials"] == token
+    datasource = yaml.safe_load((docker / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())
+    assert datasource["datasources"][0]["type"] == "prometheus"
+    provider = yaml.safe_load((docker / "grafana" / "provisioning" / "dashboards" / "gateway.yaml").read_text())
+    mounted = [v for v in compose["services"]["grafana"]["volumes"] if "dashboards" in v and "provisioning" not in v]
+    assert mounted[0].endswith(":" + provider["providers"][0]["options"]["path"] + ":ro")
