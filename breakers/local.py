@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from breakers.policy import CLOSED, HALF_OPEN, OPEN, BreakerSettings
+from breakers.policy import CLOSED, DISABLED, HALF_OPEN, OPEN, BreakerSettings
 from breakers.storage import View
 
 
@@ -56,7 +56,7 @@ class LocalBreaker:
     def acquire(self, policy: BreakerSettings) -> View:
         now = self.clock()
         transitioned = False
-        if self.state == OPEN and now >= self.opened + policy.open_seconds:
+        if self.state == OPEN and policy.mode != DISABLED and now >= self.opened + policy.open_seconds:
             self._transition(HALF_OPEN)
             transitioned = True
         if self.state == HALF_OPEN:
@@ -73,13 +73,14 @@ class LocalBreaker:
             return self.view(policy)
         self.calls.append((self.clock(), True))
         transitioned = False
+        may_transition = policy.mode != DISABLED  # disabled: count, as the shared breaker does, never trip
         if self.state == CLOSED:
             self.consec += 1
             threshold = policy.consecutive_failures
-            if (threshold and self.consec >= threshold) or self._rate_exceeded(policy):
+            if may_transition and ((threshold and self.consec >= threshold) or self._rate_exceeded(policy)):
                 self._transition(OPEN)
                 transitioned = True
-        elif self.state == HALF_OPEN:
+        elif self.state == HALF_OPEN and may_transition:
             self._transition(OPEN)
             transitioned = True
         return self.view(policy, transitioned=transitioned)
@@ -93,7 +94,7 @@ class LocalBreaker:
             self.consec = 0
         elif self.state == HALF_OPEN and probe:
             self.probe_ok += 1
-            if self.probe_ok >= policy.half_open_probes:
+            if self.probe_ok >= policy.half_open_probes and policy.mode != DISABLED:
                 self._transition(CLOSED)
                 transitioned = True
         return self.view(policy, transitioned=transitioned)

@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 LOCAL_FOR = 1.0
 #: Views of breakers used within this many seconds are re-read by the background sync.
 ACTIVE_FOR = 60.0
+#: Whether this worker hears the change feed (pub/sub). None: this process runs no background sync
+#: (management commands, in-process tests) and takes views as they are. False: the feed is not (yet) connected,
+#: so a view older than STALE_AFTER seconds is read again before it is used.
+feed_live: bool | None = None
+STALE_AFTER = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,7 @@ class Entry:
         "pending",
         "policy",
         "view",
+        "viewed_at",
     )
 
     def __init__(self, upstream_id: int, name: str, policy: BreakerSettings) -> None:
@@ -71,6 +77,7 @@ class Entry:
         self.local_until = 0.0
         self.last_used = 0.0
         self.drain = False
+        self.viewed_at = 0.0
 
     def adopt(self, view: View) -> None:
         """Take a newer view of the shared state (replies and messages may arrive out of order)."""
@@ -83,7 +90,8 @@ class Entry:
     def _set(self, view: View) -> None:
         previous = self.view
         self.view = view
-        self.open_until = time.monotonic() + view.open_remaining if view.state == OPEN else 0.0
+        self.viewed_at = now = time.monotonic()
+        self.open_until = now + view.open_remaining if view.state == OPEN else 0.0
         if previous is None or previous.state != view.state:
             _notify("state", self, view)
 
@@ -129,7 +137,12 @@ class Entry:
 
     def current(self, policy: BreakerSettings) -> View:
         view = self.view
-        if view is None or (self.local is not None and time.monotonic() >= self.local_until):
+        now = time.monotonic()
+        if (
+            view is None
+            or (self.local is not None and now >= self.local_until)
+            or (feed_live is False and now - self.viewed_at > STALE_AFTER and now >= self.local_until)
+        ):
             view = self.call("view", policy)
         return view
 

@@ -55,8 +55,9 @@ class BreakerStatus:
 
 
 def _upstreams(names: list[str] | None = None):
+    """The named upstreams (all of them for None; none for an empty list); UnknownUpstream for a missing one."""
     queryset = apps.get_model("proxy", "Upstream").objects.order_by("name")
-    if names:
+    if names is not None:
         found = {u.name: u for u in queryset.filter(name__in=names)}
         missing = [n for n in names if n not in found]
         if missing:

@@ -76,10 +76,7 @@ def record_events(upstream_id: int) -> int:
 def _write(rows: list) -> None:
     from breakers.models import BreakerTransition
 
-    try:
-        BreakerTransition.objects.bulk_create(rows)
-    finally:
-        close_old_connections()
+    BreakerTransition.objects.bulk_create(rows)
 
 
 def _name_of(upstream_id: int) -> str:
@@ -120,6 +117,7 @@ class Subscriber(threading.Thread):
             try:
                 self._listen()
             except (RedisError, OSError) as exc:
+                service.feed_live = False
                 logger.info("breaker change feed interrupted; re-reading breakers", extra={"error": str(exc)})
                 self.stopped.wait(1.0)
 
@@ -127,6 +125,7 @@ class Subscriber(threading.Thread):
         pubsub = store.pubsub_client().pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(storage.channel())
+            service.feed_live = True
             # Anything published while we were not listening is covered by reading every view again.
             for found in service.entries():
                 found.local_until = 0.0
@@ -155,5 +154,6 @@ def start() -> None:
     if _started_pid == os.getpid():
         return
     _started_pid = os.getpid()
+    service.feed_live = False
     SyncThread().start()
     Subscriber().start()

@@ -20,4 +20,14 @@ def run_blocking(fn: Callable[..., T], *args) -> T:
         return fn(*args)
     if not monkey.is_module_patched("socket"):
         return fn(*args)
-    return get_hub().threadpool.apply(fn, args)
+    return get_hub().threadpool.apply(_in_pool_thread, (fn, *args))
+
+
+def _in_pool_thread(fn, *args):
+    from django.db import close_old_connections
+
+    try:
+        return fn(*args)
+    finally:
+        # Pool threads live on; do not leave their database connections open between calls.
+        close_old_connections()

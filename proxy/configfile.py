@@ -154,23 +154,24 @@ def apply_fields(obj, item: Reader, fields: Iterable[tuple[str, type | tuple[typ
         setattr(obj, name, value)
 
 
-def full_check(obj, item: Reader, *, exclude: tuple[str, ...] = ()) -> None:
-    """Run the model's field validators and its normalize(); report problems at the item."""
-    try:
-        obj.clean_fields(exclude=[*exclude, "id"])
-    except ValidationError as exc:
-        report_validation(item, exc)
-    try:
-        obj.normalize()
-    except ValidationError as exc:
-        report_validation(item, exc)
+def full_check(obj, item: Reader, *, exclude: tuple[str, ...] = (), locate=None) -> None:
+    """Run the model's field validators and its normalize(); report problems at the item.
+
+    `locate` maps a model field name to its place in the item when the document nests it differently.
+    """
+    for check in (lambda: obj.clean_fields(exclude=[*exclude, "id"]), obj.normalize):
+        try:
+            check()
+        except ValidationError as exc:
+            report_validation(item, exc, locate)
 
 
-def report_validation(item: Reader, exc: ValidationError) -> None:
+def report_validation(item: Reader, exc: ValidationError, locate=None) -> None:
     if hasattr(exc, "error_dict"):
         for key, errors in exc.message_dict.items():
             for message in errors:
-                item.problem(None if key == "__all__" else key, message)
+                place = None if key == "__all__" else (locate(key) if locate else key)
+                item.problem(place, message)
     else:
         for message in exc.messages:
             item.problem(None, message)
@@ -353,9 +354,11 @@ class UpstreamSection(Section):
             setattr(obj, f"breaker_{name}", value)
         _set_statuses(obj, "breaker_failure_statuses", nested, nested.get("failure_statuses", list, [502, 503, 504]))
         nested.finish()
-        if obj.breaker_mode not in ("normal", "forced_open", "disabled", "shadow"):
-            nested.problem("mode", "must be one of normal, forced_open, disabled, shadow")
-        full_check(obj, item)
+        modes = [value for value, _ in obj._meta.get_field("breaker_mode").choices]
+        if obj.breaker_mode not in modes:
+            nested.problem("mode", f"must be one of {', '.join(modes)}")
+            obj.breaker_mode = "normal"  # reported once, here, with the choices spelled out
+        full_check(obj, item, locate=lambda field: field.replace("breaker_", "breaker.", 1))
 
 
 def _statuses(value: str) -> list[int]:

@@ -1,0 +1,249 @@
+"""breakers.services (live state, reset, operator modes) and the `breakers` and `reset_breakers` commands.
+
+Transactional tests: reading or resetting a breaker writes its pending transitions into the history through
+breakers.sync, which closes the database connection afterwards, and that would end the transaction a plain
+`django_db` test runs in (see test_reading_live_states_inside_a_transaction_keeps_it).
+"""
+
+from __future__ import annotations
+
+import getpass
+import io
+import json
+from dataclasses import replace
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import transaction
+
+from breakers import services, storage
+from breakers.models import BreakerTransition
+from breakers.policy import CLOSED, FORCED_OPEN, HALF_OPEN, NORMAL, OPEN, SHADOW, settings_from
+from proxy.models import Upstream
+from tests.support.config import make_upstream
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _redis(redis_prefix):
+    """Breaker state lives in the suite's real Redis, under a private prefix."""
+    return redis_prefix
+
+
+@pytest.fixture
+def upstreams() -> dict[str, Upstream]:
+    """alpha open, beta closed with two failures counted, gamma half-open in shadow mode."""
+    alpha = make_upstream("alpha", breaker_consecutive_failures=1, breaker_open_seconds=300)
+    beta = make_upstream("beta", breaker_consecutive_failures=5)
+    gamma = make_upstream("gamma", breaker_consecutive_failures=1, breaker_open_seconds=0.1, breaker_mode=SHADOW)
+    run("fail", alpha, "status 503")
+    run("flush", beta, "3")
+    run("fail", beta, "status 502")
+    run("fail", beta, "status 502")
+    run("fail", gamma, "status 504")
+    run("acquire", gamma, "", open_seconds=0)
+    return {"alpha": alpha, "beta": beta, "gamma": gamma}
+
+
+def run(op: str, upstream: Upstream, extra: str, **overrides) -> storage.View:
+    policy = replace(settings_from(upstream), **overrides)
+    return storage.run(op, upstream.id, upstream.name, policy, extra=extra)
+
+
+def states() -> dict[str, str]:
+    return {s.upstream: s.state for s in services.live_states()}
+
+
+def command(*args) -> str:
+    out = io.StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+# live state
+
+
+def test_live_states_lists_every_upstream_with_its_state(upstreams):
+    statuses = services.live_states()
+    assert [(s.upstream, s.mode, s.state) for s in statuses] == [
+        ("alpha", NORMAL, OPEN),
+        ("beta", NORMAL, CLOSED),
+        ("gamma", SHADOW, HALF_OPEN),
+    ]
+    alpha, beta, gamma = statuses
+    assert 290 < alpha.next_probe_in <= 300
+    assert beta.next_probe_in is None and gamma.next_probe_in is None
+    assert (beta.consecutive_failures, beta.window_calls, beta.window_failures) == (2, 5, 2)
+    assert (alpha.window_calls, alpha.window_failures) == (1, 1)
+    assert alpha.last_transition.reason == "1 consecutive failures (last: status 503)"
+    assert (alpha.last_transition.from_state, alpha.last_transition.to_state) == (CLOSED, OPEN)
+    assert beta.last_transition is None
+    assert gamma.last_transition.to_state == HALF_OPEN
+    assert all(s.error is None for s in statuses)
+    # The events were moved into the history, with the upstream's id and name.
+    rows = BreakerTransition.objects.filter(upstream_name="gamma").order_by("at", "id")
+    assert [(r.upstream_id, r.kind, r.from_state, r.to_state) for r in rows] == [
+        (upstreams["gamma"].id, "state", CLOSED, OPEN),
+        (upstreams["gamma"].id, "state", OPEN, HALF_OPEN),
+    ]
+
+
+def test_live_states_of_named_upstreams(upstreams):
+    assert [s.upstream for s in services.live_states(names=["gamma", "alpha"])] == ["gamma", "alpha"]
+    with pytest.raises(services.UnknownUpstream, match="no upstream named 'nope', 'zilch'"):
+        services.live_states(names=["alpha", "nope", "zilch"])
+
+
+def test_an_upstream_without_state_is_closed():
+    make_upstream("fresh")
+    (status,) = services.live_states()
+    assert (status.state, status.consecutive_failures, status.window_calls, status.last_transition) == (
+        CLOSED,
+        0,
+        0,
+        None,
+    )
+
+
+# reset
+
+
+def test_reset_all(upstreams):
+    assert services.reset_breakers(names=None, actor="test:ops") == ["alpha", "beta", "gamma"]
+    statuses = services.live_states()
+    assert {(s.state, s.consecutive_failures, s.window_calls) for s in statuses} == {(CLOSED, 0, 0)}
+    resets = BreakerTransition.objects.filter(actor="test:ops").order_by("upstream_name")
+    assert [(r.upstream_name, r.from_state, r.to_state, r.reason) for r in resets] == [
+        ("alpha", OPEN, CLOSED, "reset by test:ops"),
+        ("beta", CLOSED, CLOSED, "reset by test:ops"),
+        ("gamma", HALF_OPEN, CLOSED, "reset by test:ops"),
+    ]
+
+
+def test_reset_named(upstreams):
+    assert services.reset_breakers(names=["alpha"], actor="test") == ["alpha"]
+    assert states() == {"alpha": CLOSED, "beta": CLOSED, "gamma": HALF_OPEN}
+    assert services.live_states(names=["beta"])[0].consecutive_failures == 2
+
+
+def test_reset_of_an_unknown_upstream_resets_nothing(upstreams):
+    with pytest.raises(services.UnknownUpstream, match="no upstream named 'nope'"):
+        services.reset_breakers(names=["alpha", "nope"], actor="test")
+    assert states()["alpha"] == OPEN
+
+
+# modes
+
+
+def test_set_mode_records_who_changed_it(upstreams):
+    assert services.set_mode(names=["alpha", "beta"], mode=FORCED_OPEN, actor="admin:root") == ["alpha", "beta"]
+    assert dict(Upstream.objects.values_list("name", "breaker_mode")) == {
+        "alpha": FORCED_OPEN,
+        "beta": FORCED_OPEN,
+        "gamma": SHADOW,
+    }
+    rows = BreakerTransition.objects.filter(kind="mode").order_by("upstream_name")
+    assert [(r.upstream_id, r.upstream_name, r.from_state, r.to_state, r.actor, r.reason) for r in rows] == [
+        (upstreams["alpha"].id, "alpha", NORMAL, FORCED_OPEN, "admin:root", "mode set to forced_open"),
+        (upstreams["beta"].id, "beta", NORMAL, FORCED_OPEN, "admin:root", "mode set to forced_open"),
+    ]
+    assert states()["alpha"] == OPEN  # the shared state is untouched; the mode overrides it
+    assert services.live_states(names=["alpha"])[0].mode == FORCED_OPEN
+
+
+def test_set_mode_to_the_same_mode_changes_nothing(upstreams):
+    before = Upstream.objects.get(name="gamma").updated_at
+    assert services.set_mode(names=["gamma"], mode=SHADOW, actor="x") == []
+    assert not BreakerTransition.objects.filter(kind="mode").exists()
+    assert Upstream.objects.get(name="gamma").updated_at == before
+
+
+def test_set_mode_refuses_unknown_modes_and_upstreams(upstreams):
+    with pytest.raises(ValueError, match="unknown breaker mode 'sideways'"):
+        services.set_mode(names=["alpha"], mode="sideways", actor="x")
+    with pytest.raises(services.UnknownUpstream):
+        services.set_mode(names=["alpha", "nope"], mode=FORCED_OPEN, actor="x")
+    assert set(Upstream.objects.values_list("breaker_mode", flat=True)) == {NORMAL, SHADOW}
+    assert not BreakerTransition.objects.filter(kind="mode").exists()
+
+
+def test_set_mode_for_no_upstream_changes_nothing(upstreams):
+    assert services.set_mode(names=[], mode=FORCED_OPEN, actor="x") == []
+    assert FORCED_OPEN not in set(Upstream.objects.values_list("breaker_mode", flat=True))
+
+
+# commands
+
+
+def test_breakers_json(upstreams):
+    listed = json.loads(command("breakers", "--json"))
+    assert [(b["upstream"], b["mode"], b["state"]) for b in listed] == [
+        ("alpha", NORMAL, OPEN),
+        ("beta", NORMAL, CLOSED),
+        ("gamma", SHADOW, HALF_OPEN),
+    ]
+    alpha = listed[0]
+    assert 290 < alpha["next_probe_in_seconds"] <= 300
+    assert alpha["last_transition"]["reason"] == "1 consecutive failures (last: status 503)"
+    assert (alpha["last_transition"]["from"], alpha["last_transition"]["to"]) == (CLOSED, OPEN)
+    assert listed[1]["consecutive_failures"] == 2
+    assert (listed[1]["window_failures"], listed[1]["window_calls"]) == (2, 5)
+    assert listed[1]["last_transition"] is None
+    assert json.loads(command("breakers", "beta", "--json"))[0]["upstream"] == "beta"
+
+
+def test_breakers_table(upstreams):
+    lines = command("breakers").splitlines()
+    assert lines[0].split() == ["UPSTREAM", "MODE", "STATE", "CONSEC", "WINDOW", "NEXT", "PROBE", "LAST", "TRANSITION"]
+    assert len(lines) == 4
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["alpha"][1:3] == [NORMAL, OPEN]
+    assert rows["beta"][1:6] == [NORMAL, CLOSED, "2", "2/5", "-"]
+    assert rows["gamma"][1:3] == [SHADOW, HALF_OPEN]
+    assert "closed->open: 1 consecutive failures (last: status 503)" in lines[1]
+    # The columns line up under the header.
+    assert {line.index(rows[line.split()[0]][1]) for line in lines[1:]} == {lines[0].index("MODE")}
+
+
+def test_breakers_with_an_unknown_upstream():
+    with pytest.raises(CommandError, match="no upstream named 'nope'"):
+        command("breakers", "nope")
+
+
+def test_reset_breakers_command_resets_the_named(upstreams):
+    assert command("reset_breakers", "alpha", "gamma").splitlines() == ["reset alpha", "reset gamma"]
+    assert states() == {"alpha": CLOSED, "beta": CLOSED, "gamma": CLOSED}
+    assert services.live_states(names=["beta"])[0].consecutive_failures == 2
+    actors = set(BreakerTransition.objects.filter(reason__startswith="reset by").values_list("actor", flat=True))
+    assert actors == {f"cli:{getpass.getuser()}"}
+
+
+def test_reset_breakers_command_all(upstreams):
+    assert command("reset_breakers", "--all").splitlines() == ["reset alpha", "reset beta", "reset gamma"]
+    assert set(states().values()) == {CLOSED}
+    assert services.live_states(names=["beta"])[0].consecutive_failures == 0
+
+
+def test_reset_breakers_command_all_without_upstreams():
+    assert command("reset_breakers", "--all").splitlines() == ["no upstreams"]
+
+
+@pytest.mark.parametrize("args", [(), ("alpha", "--all")])
+def test_reset_breakers_command_needs_names_or_all_but_not_both(upstreams, args):
+    with pytest.raises(CommandError, match="name one or more upstreams, or use --all"):
+        command("reset_breakers", *args)
+    assert states()["alpha"] == OPEN
+
+
+def test_reset_breakers_command_with_an_unknown_upstream(upstreams):
+    with pytest.raises(CommandError, match="no upstream named 'nope'"):
+        command("reset_breakers", "alpha", "nope")
+    assert states()["alpha"] == OPEN
+
+
+def test_reading_live_states_inside_a_transaction_keeps_it(upstreams):
+    with transaction.atomic():
+        make_upstream("delta")
+        assert [s.state for s in services.live_states(names=["alpha"])] == [OPEN]
+        assert Upstream.objects.filter(name="delta").exists()
