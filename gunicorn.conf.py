@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from gunicorn import glogging
+
 from gateway_project import redis_url
 from gateway_project.env import env_bool, env_float, env_int, env_listen, env_str
 from gateway_project.logging import build_logging_config
@@ -51,6 +53,17 @@ header_map = "drop"
 control_socket_disable = True
 
 # One format for every line (gateway_project/logging.py); the gateway writes its own access log.
+
+
+class GatewayLogger(glogging.Logger):
+    """gunicorn's logger without its access log: with a logging config set, gunicorn would build the access
+    line's fields for every request (about 3 % of a worker's time here) only for our config to drop it."""
+
+    def access(self, resp, req, environ, request_time):
+        return
+
+
+logger_class = GatewayLogger
 accesslog = None
 errorlog = "-"
 _debug = env_bool("DEBUG", False)

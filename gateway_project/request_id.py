@@ -19,13 +19,12 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 
 from gateway_project import metrics
+from gateway_project.logging import access_logger
 from proxy import client_ip
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _MAX_LOGGED_PATH = 2048
 _PHASES = ("ratelimit", "breaker", "upstream")
-
-access_log = structlog.get_logger("gateway.access")
 
 
 class RequestIdMiddleware:
@@ -33,6 +32,7 @@ class RequestIdMiddleware:
         self.get_response = get_response
         self.server_timing = settings.GATEWAY_SERVER_TIMING
         self.log_query = settings.GATEWAY_LOG_QUERY
+        self.access_log = access_logger()
         metrics.install()
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
@@ -88,7 +88,7 @@ class RequestIdMiddleware:
         path = request.path
         if self.log_query and request.META.get("QUERY_STRING"):
             path = f"{path}?{request.META['QUERY_STRING']}"
-        access_log.info(
+        self.access_log.info(
             "request",
             method=request.method,
             path=path[:_MAX_LOGGED_PATH],

@@ -1,7 +1,7 @@
 """The rate limiter's Redis: the one module of this app that talks to it.
 
 The hot path makes exactly one call per request, `check()`: one EVALSHA of lua/check.lua covering every
-policy that applies. The script is registered once per process; after a Redis restart redis-py reloads it.
+policy that applies (gateway_project.store.HotScript; after a Redis restart the script is loaded again).
 """
 
 from __future__ import annotations
@@ -14,23 +14,15 @@ from gateway_project import store
 
 SCRIPT = (Path(__file__).parent / "lua" / "check.lua").read_text()
 
-_registered: tuple[object, object] | None = None  # (client, script)
+_script = store.HotScript(SCRIPT)
 _member_prefix = os.urandom(6).hex()
 _sequence = itertools.count()
-
-
-def _script():
-    global _registered
-    client = store.client()
-    if _registered is None or _registered[0] is not client:
-        _registered = (client, client.register_script(SCRIPT))
-    return _registered[1]
 
 
 def check(keys: list[str], args: list[str]) -> list[int]:
     """Run the check-and-count script; raises redis.RedisError when Redis cannot answer in time."""
     member = f"{_member_prefix}{next(_sequence)}"
-    return _script()(keys=keys, args=[member, *args])
+    return _script(keys, [member, *args])
 
 
 def usage(prefix: str, *, algorithm: str, limit: int, window: int, burst: int, scan_limit: int = 10_000):

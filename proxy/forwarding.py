@@ -9,6 +9,7 @@ with jitter) and `get_retry_after`.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Protocol
 
 import urllib3
 from django.conf import settings
+from urllib3.connection import HTTPConnection
+from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -72,6 +75,37 @@ class Exchange:
         return len(self.retry_reasons)
 
 
+class KeepAliveHTTPConnection(HTTPConnection):
+    """urllib3's plain-HTTP connection with a cheaper liveness check.
+
+    Before reusing a pooled keep-alive connection, urllib3 asks whether the upstream closed it by polling the
+    socket for readability. Under gevent a poll builds hub watchers on every call (about 4 % of a worker's time
+    here). A non-blocking one-byte peek answers the same question with one system call: nothing to read means
+    the connection is still open; end of file, unexpected bytes or an error mean it is not.
+    """
+
+    @property
+    def is_connected(self) -> bool:
+        sock = self.sock
+        if sock is None:
+            return False
+        timeout = sock.gettimeout()
+        try:
+            sock.settimeout(0.0)
+            sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            sock.settimeout(timeout)
+        return False
+
+
+class KeepAliveHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = KeepAliveHTTPConnection
+
+
 _pools_lock = threading.Lock()
 _pool_manager: urllib3.PoolManager | None = None
 
@@ -82,12 +116,14 @@ def pool_manager() -> urllib3.PoolManager:
     if _pool_manager is None:
         with _pools_lock:
             if _pool_manager is None:
-                _pool_manager = urllib3.PoolManager(
+                manager = urllib3.PoolManager(
                     num_pools=settings.GATEWAY_POOL_NUM_POOLS,
                     maxsize=settings.GATEWAY_POOL_MAXSIZE,
                     block=False,
                     retries=False,
                 )
+                manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "http": KeepAliveHTTPConnectionPool}
+                _pool_manager = manager
     return _pool_manager
 
 

@@ -9,7 +9,7 @@ import pytest
 import structlog
 from django.test import Client
 
-from gateway_project.logging import build_logging_config, configure
+from gateway_project.logging import access_logger, build_logging_config, configure
 from proxy import forwarding
 from tests.support.config import make_route, make_upstream
 
@@ -57,13 +57,13 @@ def test_request_ids_are_kept_only_when_safe(routed):
 
 
 @pytest.mark.parametrize(("fmt", "is_json"), [("json", True), ("console", False)])
-def test_log_lines_carry_the_request_id_in_both_formats(fmt, is_json, capsys):
+def test_log_lines_carry_the_request_id_in_both_formats(fmt, is_json, capfd):
     configure(build_logging_config(debug=not is_json, fmt=fmt, level="INFO"))
     try:
         structlog.contextvars.bind_contextvars(request_id="ctx-1")
         logging.getLogger("django.request").error("plain stdlib line", exc_info=ValueError("x"))
-        structlog.get_logger("gateway.access").info("request", status=200)
-        err = capsys.readouterr().err.strip().splitlines()
+        access_logger().info("request", status=200)
+        err = capfd.readouterr().err.strip().splitlines()
     finally:
         structlog.contextvars.clear_contextvars()
         from django.conf import settings
