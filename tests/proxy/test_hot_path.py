@@ -1,0 +1,150 @@
+"""What a proxied request costs in the steady state: at most one Redis round trip and no SQL.
+
+Counted two ways: in-process, by instrumenting redis-py's connections and Django's query log; and end to end,
+from a dedicated Redis server's command statistics and the gateway's own database metrics under gunicorn.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import pytest
+import redis
+import requests
+from django.conf import settings
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+
+from breakers import service
+from gateway_project import store
+from limits.models import RateLimitPolicy
+from tests.conftest import database_url_for_gateway
+from tests.support.config import make_route, make_upstream, serve
+from tests.support.servers import Gateway, RedisServer
+
+
+@pytest.fixture
+def redis_commands(monkeypatch):
+    """Every command any redis-py connection sends, in order."""
+    sent: list[str] = []
+    original = redis.connection.AbstractConnection.send_command
+
+    def counting(self, *args, **kwargs):
+        sent.append(str(args[0]).upper())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_command", counting)
+    return sent
+
+
+@pytest.fixture
+def routed(db, redis_prefix, reload_config, upstream):
+    service.forget()
+    route = make_route("api", "/api", make_upstream("backend", upstream.url))
+    reload_config()
+    return route
+
+
+def test_a_proxied_request_with_limits_and_a_breaker_makes_one_redis_call_and_no_sql(
+    routed, reload_config, redis_commands
+):
+    RateLimitPolicy.objects.create(name="per-ip", scope="route", route=routed, limit=10_000, window_seconds=60)
+    RateLimitPolicy.objects.create(
+        name="global", scope="global", key_by="route", limit=100_000, window_seconds=60, algorithm="gcra"
+    )
+    reload_config()
+    client = Client()
+    for _ in range(5):  # warm-up: the breaker's first view, the script's first load
+        assert client.get("/api/x").status_code == 200
+    redis_commands.clear()
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(50):
+            assert client.get("/api/x").status_code == 200
+    assert len(queries) == 0
+    assert redis_commands == ["EVALSHA"] * 50
+
+
+def test_without_policies_a_proxied_request_makes_no_redis_call(routed, redis_commands):
+    client = Client()
+    client.get("/api/x")
+    redis_commands.clear()
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(20):
+            assert client.get("/api/x").status_code == 200
+    assert len(queries) == 0
+    assert redis_commands == []
+
+
+CLIENT_COMMANDS = frozenset(
+    {"evalsha", "eval", "get", "set", "ping", "info", "subscribe", "script", "client", "hello", "del", "rpop", "scan"}
+)
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("hot-path-redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, own_redis, django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        gw = Gateway(
+            tmp_path_factory.mktemp("hot-path-gateway"),
+            redis_url=own_redis.url,
+            database_url=database_url_for_gateway(),
+            prefix="hot",
+            workers=2,
+        ).start()
+    yield gw
+    gw.stop()
+
+
+def commandstats(server: RedisServer) -> dict[str, int]:
+    out = subprocess.run(["redis-cli", "-p", str(server.port), "INFO", "commandstats"], capture_output=True, text=True)
+    return {name: int(calls) for name, calls in re.findall(r"cmdstat_(\w+):calls=(\d+)", out.stdout)}
+
+
+def db_queries(gateway) -> float:
+    text = requests.get(gateway.url("/metrics"), timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("django_db_execute_total")
+    )
+
+
+@pytest.mark.slow
+def test_under_gunicorn_redis_and_sql_per_request(gateway, own_redis, transactional_db, upstream):
+    previous = (settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX)
+    settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = own_redis.url, gateway.prefix
+    store.reset_clients()
+    try:
+        route = make_route("api", "/api", make_upstream("backend", upstream.url))
+        RateLimitPolicy.objects.create(name="per-ip", scope="route", route=route, limit=10_000, window_seconds=60)
+        serve(gateway)
+        session = requests.Session()
+        for _ in range(20):
+            session.get(gateway.url("/api/x"), timeout=10)
+        before, queries_before, started = commandstats(own_redis), db_queries(gateway), time.monotonic()
+        count = 600
+        for _ in range(count):
+            assert session.get(gateway.url("/api/x"), timeout=10).status_code == 200
+        elapsed = time.monotonic() - started
+        after, queries_after = commandstats(own_redis), db_queries(gateway)
+    finally:
+        settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = previous
+        store.reset_clients()
+    delta = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    # Round trips are the commands clients send; commandstats also counts the commands scripts run inside
+    # one EVALSHA (zadd, time, hincrby, ...), which cost no round trip.
+    round_trips = {name: n for name, n in delta.items() if name in CLIENT_COMMANDS and n}
+    # Background work per worker, not per request: the config watcher's GET every 250 ms, the breaker sync's
+    # flush once a second; and this test's INFO.
+    background = 2 * (elapsed + 1) * (4 + 1) + 5
+    assert round_trips["evalsha"] >= count
+    assert sum(round_trips.values()) - count <= background, round_trips
+    # The configuration watcher reads the revision from the database every 5 s per worker; requests never do.
+    assert queries_after - queries_before <= 2 * (elapsed / 5 + 1) * 2
