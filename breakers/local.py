@@ -98,3 +98,8 @@ class LocalBreaker:
                 self._transition(CLOSED)
                 transitioned = True
         return self.view(policy, transitioned=transitioned)
+
+    def release(self, policy: BreakerSettings) -> View:
+        if self.state == HALF_OPEN and self.issued > 0:
+            self.issued -= 1
+        return self.view(policy)

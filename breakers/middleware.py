@@ -38,4 +38,7 @@ class BreakerMiddleware:
             return response
         request.breaker_observer = decision
         request.log["breaker"] = decision.state
-        return self.get_response(request)
+        try:
+            return self.get_response(request)
+        finally:
+            decision.finish()

@@ -107,8 +107,10 @@ class Entry:
                 _note_fallback(self, exc)
             else:
                 if self.local is not None:
+                    # The local breaker counted its own generations: take the shared view whatever its number.
                     logger.info("breaker back on shared state", extra={"upstream": self.name})
                     self.local = None
+                    self._set(view)
                 self.adopt(view)
                 if view.transitioned:
                     _notify("transition", self, view, view.from_state)
@@ -126,6 +128,8 @@ class Entry:
             view = local.fail(policy, None)
         elif op == "ok":
             view = local.ok(policy, None, probe=True)
+        elif op == "release":
+            view = local.release(policy)
         else:
             view = local.view(policy)
         _notify("fallback", self, view)
@@ -150,7 +154,7 @@ class Entry:
 class Ticket:
     """Permission to forward one request; hears every attempt's outcome (retries included)."""
 
-    __slots__ = ("entry", "gen", "policy", "probe", "state")
+    __slots__ = ("entry", "gen", "policy", "probe", "reported", "state")
 
     def __init__(self, entry: Entry, policy: BreakerSettings, gen: int | None, probe: bool, state: str) -> None:
         self.entry = entry
@@ -158,8 +162,15 @@ class Ticket:
         self.gen = gen
         self.probe = probe
         self.state = state  # for the access log: the state (or mode) the request was let through in
+        self.reported = False
+
+    def finish(self) -> None:
+        """After the request: a probe whose request never reached the upstream gives its slot back."""
+        if self.probe and not self.reported:
+            self.entry.call("release", self.policy, gen=self.gen)
 
     def attempt_finished(self, *, status: int | None, error: Exception | None, elapsed: float) -> None:
+        self.reported = True
         policy = self.policy
         if error is not None:
             what = type(error).__name__

@@ -101,6 +101,13 @@ def pop_events(upstream_id: int, limit: int = 100) -> list[tuple[int, str, str, 
     return events
 
 
+def restore_events(upstream_id: int, events: list[tuple[int, str, str, str, str]]) -> None:
+    """Put events taken with pop_events back where they were (the database write failed)."""
+    if events:
+        items = ["|".join(str(part) for part in event) for event in reversed(events)]
+        store.ops_client().rpush(keys(upstream_id)[2], *items)
+
+
 def window_counts(upstream_id: int, policy: BreakerSettings) -> tuple[int, int]:
     """(calls, failures) in the failure-rate window, for operators (includes the newest buckets)."""
     client = store.ops_client()

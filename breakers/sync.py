@@ -33,13 +33,13 @@ def flush_and_refresh(rounds: int = 0) -> None:
     for found in service.entries():
         policy = found.policy
         pending, found.pending = found.pending, 0
-        try:
-            # Also for no new successes: re-reads the view, and judges the failure rate once the newest
-            # buckets are complete.
-            if pending or (now - found.last_used < service.ACTIVE_FOR and now >= found.local_until):
-                found.call("flush", policy, extra=str(pending))
-        except RedisError:
-            found.pending += pending
+        # Also for no new successes: re-reads the view, and judges the failure rate once the newest buckets
+        # are complete. Entry.call falls back to the worker's own breaker when Redis fails; the successes then
+        # wait for the next round.
+        if pending or (now - found.last_used < service.ACTIVE_FOR and now >= found.local_until):
+            found.call("flush", policy, extra=str(pending))
+            if found.local is not None:
+                found.pending += pending
         if found.drain or rounds % SWEEP_EVERY == 0:
             found.drain = False
             record_events(found.id)
@@ -69,7 +69,11 @@ def record_events(upstream_id: int) -> int:
         )
         for at, from_state, to_state, actor, reason in events
     ]
-    run_blocking(_write, rows)
+    try:
+        run_blocking(_write, rows)
+    except Exception:
+        storage.restore_events(upstream_id, events)  # not lost: the next drain tries again
+        raise
     return len(events)
 
 
@@ -117,9 +121,11 @@ class Subscriber(threading.Thread):
             try:
                 self._listen()
             except (RedisError, OSError) as exc:
-                service.feed_live = False
                 logger.info("breaker change feed interrupted; re-reading breakers", extra={"error": str(exc)})
-                self.stopped.wait(1.0)
+            except Exception:
+                logger.exception("breaker change feed failed; restarting it")
+            service.feed_live = False
+            self.stopped.wait(1.0)
 
     def _listen(self) -> None:
         pubsub = store.pubsub_client().pubsub(ignore_subscribe_messages=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from typing import TYPE_CHECKING
 
@@ -161,38 +162,68 @@ class HotScript:
 
 
 class _HotConnections:
-    """Idle connections of this worker, last in first out; at most `limit` open at once."""
+    """Idle connections of this worker, last in first out; at most `limit` in use at once.
 
-    def __init__(self, factory, limit: int) -> None:
-        self.factory = factory  # a redis-py pool, used only to make connections with the hot-path settings
+    A caller waits for a free connection as long as a command may take (GATEWAY_REDIS_SOCKET_TIMEOUT), then
+    gets redis.ConnectionError and the failure mode. An idle connection is checked with a non-blocking peek
+    before reuse, so one that Redis closed (a restart, an idle timeout) is replaced instead of failing a request.
+    """
+
+    def __init__(self, pool, limit: int, wait: float) -> None:
+        self.pool = pool  # the redis-py pool whose settings the connections take; it never holds them
+        self.connection_class = pool.connection_class
+        self.kwargs = dict(pool.connection_kwargs)
+        self.slots = threading.BoundedSemaphore(limit)
         self.limit = limit
+        self.wait = wait
         self.idle: list = []
-        self.open = 0
 
     def acquire(self):
-        if self.idle:
-            return self.idle.pop()
-        if self.open >= self.limit:
+        if not self.slots.acquire(timeout=self.wait):
             import redis
 
-            raise redis.ConnectionError(f"all {self.limit} hot-path Redis connections are busy")
-        self.open += 1
-        return self.factory.make_connection()
+            raise redis.ConnectionError(f"all {self.limit} hot-path Redis connections stayed busy")
+        while self.idle:
+            connection = self.idle.pop()
+            if _still_open(connection):
+                return connection
+            connection.disconnect()
+        return self.connection_class(**self.kwargs)
 
     def release(self, connection) -> None:
         self.idle.append(connection)
+        self.slots.release()
 
     def discard(self, connection) -> None:
-        self.open -= 1
         connection.disconnect()
+        self.slots.release()
+
+
+def _still_open(connection) -> bool:
+    sock = getattr(connection, "_sock", None)
+    if sock is None:
+        return True  # not connected yet: it connects on first use
+    timeout = sock.gettimeout()
+    try:
+        sock.settimeout(0.0)
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True  # nothing to read: open and idle
+    except ValueError:
+        return True  # TLS sockets cannot peek; let the command find out
+    except OSError:
+        return False
+    finally:
+        sock.settimeout(timeout)
+    return False  # end of file, or bytes nobody asked for
 
 
 def _hot_connections() -> _HotConnections:
     hot = client()
     connections = _connection_stacks.get(id(hot))
-    if connections is None or connections.factory is not hot.connection_pool:
+    if connections is None or connections.pool is not hot.connection_pool:
         connections = _connection_stacks[id(hot)] = _HotConnections(
-            hot.connection_pool, settings.GATEWAY_REDIS_MAX_CONNECTIONS
+            hot.connection_pool, settings.GATEWAY_REDIS_MAX_CONNECTIONS, settings.GATEWAY_REDIS_SOCKET_TIMEOUT
         )
     return connections
 
@@ -211,6 +242,9 @@ def reset_clients() -> None:
     with _lock:
         for c in _clients.values():
             c.close()
+        for stack in _connection_stacks.values():
+            for connection in stack.idle:
+                connection.disconnect()
         _clients.clear()
         _connection_stacks.clear()
         _embedded_server = None

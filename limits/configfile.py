@@ -41,9 +41,14 @@ class ConsumerSection(Section):
     def build(self, item: Reader, obj, ctx: Context) -> None:
         obj.name = item.get("name", str)
         apply_fields(obj, item, self.fields)
-        keys = item.get("api_keys", list, [])
+        keys = item.get("api_keys", list, None)
+        if keys is None:
+            obj._desired_keys = None  # no api_keys: this consumer's keys are left as they are
+            full_check(obj, item)
+            return
+        current = {k.key_hash: k for k in ApiKey.objects.filter(consumer__name=obj.name)} if obj.name else {}
         desired = {}
-        for index, data in enumerate(keys or []):
+        for index, data in enumerate(keys):
             where = f"api_keys[{index}]"
             if not isinstance(data, dict) or set(data) - {"prefix", "sha256", "label", "revoked_at"}:
                 item.problem(where, "must be a mapping of prefix, sha256, label and revoked_at")
@@ -71,6 +76,13 @@ class ConsumerSection(Section):
             if owner is not None:
                 item.problem(where, f"this key belongs to consumer {owner.consumer.name!r}")
                 continue
+            existing = current.get(digest)
+            if existing is not None and existing.revoked_at is not None and revoked_at is None:
+                item.problem(
+                    f"{where}.revoked_at",
+                    f"key {prefix}… is revoked, and a revoked key stays revoked: create a new key instead",
+                )
+                continue
             desired[digest] = (prefix, label, revoked_at)
         obj._desired_keys = desired
         full_check(obj, item)
@@ -78,7 +90,7 @@ class ConsumerSection(Section):
     def validate_final(self, objects, ctx: Context) -> None:
         owners: dict[str, str] = {}
         for consumer in objects.values():
-            for digest in getattr(consumer, "_desired_keys", {}):
+            for digest in getattr(consumer, "_desired_keys", None) or {}:
                 if digest in owners:
                     ctx.problem(
                         f"consumers ({consumer.name})", f"key {digest[:12]}… is also listed under {owners[digest]!r}"
@@ -92,12 +104,14 @@ class ConsumerSection(Section):
 
     def differences(self, obj, current) -> tuple[str, ...]:
         changed = super().differences(obj, current)
-        if obj._desired_keys != self._current_keys(current):
+        if obj._desired_keys is not None and obj._desired_keys != self._current_keys(current):
             changed += ("api_keys",)
         return changed
 
     def save(self, obj) -> None:
         obj.save()
+        if obj._desired_keys is None:
+            return
         current = {k.key_hash: k for k in ApiKey.objects.filter(consumer=obj)}
         for digest, (prefix, label, revoked_at) in obj._desired_keys.items():
             key = current.pop(digest, None) or ApiKey(consumer=obj, key_hash=digest)

@@ -63,13 +63,16 @@ _fallback_state = {"last_logged": 0.0, "since": 0}
 
 @lru_cache(maxsize=65536)
 def _ip_bucket(address: str, v4_prefix: int, v6_prefix: int) -> str:
-    if ":" in address:
-        if v6_prefix == 128:
+    try:
+        if ":" in address:
+            if v6_prefix == 128:
+                return address
+            return str(ipaddress.IPv6Network((address, v6_prefix), strict=False))
+        if v4_prefix == 32:
             return address
-        return str(ipaddress.IPv6Network((address, v6_prefix), strict=False))
-    if v4_prefix == 32:
+        return str(ipaddress.IPv4Network((address, v4_prefix), strict=False))
+    except ValueError:  # "unknown": a trusted proxy did not say who the client is
         return address
-    return str(ipaddress.IPv4Network((address, v4_prefix), strict=False))
 
 
 def bucket(policy: CompiledPolicy, *, client_ip: str, consumer: ConsumerInfo | None, route_id: int, environ) -> str:

@@ -1,9 +1,10 @@
 """Who the client is: the only code that reads X-Forwarded-For and X-Forwarded-Proto from a request.
 
 The client is the TCP peer, unless the peer is in GATEWAY_TRUSTED_PROXIES: then it is the right-most entry
-of X-Forwarded-For that is not itself a trusted proxy. A client that is not a trusted proxy cannot change its
-address, scheme or host by sending these headers. (gunicorn's own forwarded-header handling is switched off
-in gunicorn.conf.py for the same reason.)
+of X-Forwarded-For that is not itself a trusted proxy, or "unknown" when the header holds none (a proxy passing
+on a client's own X-Forwarded-For, say). Without the header, it is a direct connection from the trusted host.
+A client that is not a trusted proxy cannot change its address, scheme or host by sending these headers.
+(gunicorn's own forwarded-header handling is switched off in gunicorn.conf.py for the same reason.)
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import ipaddress
 from functools import lru_cache
 
 from django.conf import settings
+
+#: The client of a request whose trusted proxy's X-Forwarded-For names no usable untrusted address. It is in no
+#: network, so it reaches neither the admin nor /metrics; rate limits count such requests together.
+UNKNOWN = "unknown"
 
 
 def normalize(address: str) -> str:
@@ -49,18 +54,26 @@ def identify(environ: dict) -> tuple[str, bool, str]:
     trusted = settings.GATEWAY_TRUSTED_PROXIES
     if not trusted or not _in_networks(peer, trusted):
         return peer, False, scheme
-    client = peer
-    for entry in reversed(environ.get("HTTP_X_FORWARDED_FOR", "").split(",")):
+    forwarded_for = environ.get("HTTP_X_FORWARDED_FOR", "").strip()
+    if not forwarded_for:
+        # A direct connection from the trusted host itself (a proxy always says whom it forwards for).
+        return peer, True, _scheme(environ, scheme)
+    client = UNKNOWN
+    for entry in reversed(forwarded_for.split(",")):
         entry = entry.strip()
-        if entry.count(":") == 1:  # "203.0.113.7:41234": some balancers append the port
+        if entry.startswith("[") and "]" in entry:  # "[2001:db8::1]:443"
+            entry = entry[1 : entry.index("]")]
+        elif entry.count(":") == 1:  # "203.0.113.7:41234": some balancers append the port
             entry = entry.partition(":")[0]
         address = normalize(entry)
         if not address:
             break
-        client = address
         if not _in_networks(address, trusted):
+            client = address
             break
+    return client, True, _scheme(environ, scheme)
+
+
+def _scheme(environ: dict, default: str) -> str:
     proto = environ.get("HTTP_X_FORWARDED_PROTO", "").strip().lower()
-    if proto in ("http", "https"):
-        scheme = proto
-    return client, True, scheme
+    return proto if proto in ("http", "https") else default

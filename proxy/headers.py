@@ -25,22 +25,30 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-#: Request headers a client may not set: the gateway writes them (or, for Expect, already answered them).
+#: Request headers a client may not set: the gateway writes them (or, for Expect, already answered them), or
+#: upstreams commonly trust them from their proxy to say who the client is, how it connected or which URL it
+#: asked for. Every X-Forwarded-* header is dropped too (see FORWARDED_FAMILY).
 GATEWAY_REQUEST_HEADERS = frozenset(
     {
         "host",
         "forwarded",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-forwarded-port",
-        "x-forwarded-prefix",
         "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-cluster-client-ip",
+        "x-original-forwarded-for",
+        "x-original-url",
+        "x-original-host",
+        "x-rewrite-url",
         "x-request-id",
         "via",
         "expect",
     }
 )
+#: X-Forwarded-For, -Proto, -Host, -Port, -Prefix, -Ssl, -Scheme, -Server, -Uri, -Client-Cert, ...
+FORWARDED_FAMILY = "HTTP_X_FORWARDED_"
 
 #: Upstream response headers replaced by the gateway's own (gunicorn writes Server and Date).
 GATEWAY_RESPONSE_HEADERS = frozenset({"server", "date", "x-request-id"})
@@ -99,7 +107,7 @@ def upstream_request_headers(
         drop = drop | {_environ_key(token) for token in connection_tokens(connection)}
     headers: dict[str, str] = {}
     for key, value in environ.items():
-        if key.startswith("HTTP_") and key not in drop:
+        if key.startswith("HTTP_") and key not in drop and not key.startswith(FORWARDED_FAMILY):
             headers[_header_name(key)] = value
     content_type = environ.get("CONTENT_TYPE")
     if content_type:

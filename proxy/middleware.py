@@ -14,6 +14,7 @@ import logging
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponseBase
+from django.http.request import split_domain_port
 from django.utils.module_loading import import_string
 
 from gateway_project.metrics import OWN
@@ -70,8 +71,9 @@ class RouteMiddleware:
             host = request.get_host()
         except DisallowedHost:
             return json_error(request, 400, "bad_host", "The Host header is not one this gateway serves.")
-        hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        match = runtime.get("routes").match(hostname.lower(), target.path, request.method)
+        # The name Django validated: lower case, without port or trailing dot ("api.example.com." is that host).
+        hostname = split_domain_port(host)[0]
+        match = runtime.get("routes").match(hostname, target.path, request.method)
         if match is None:
             return json_error(request, 404, "no_route", "No route matches this request.")
         if isinstance(match, MethodNotAllowed):

@@ -2,19 +2,20 @@
 
 The forwarded URL is the upstream's base URL plus the rest of the client's path, sent byte for byte as the
 client wrote it. To keep "the rest" inside the base path whatever the upstream's own decoding does, a path is
-refused (400) when, after decoding any number of times, it holds a '.' or '..' segment (also as '..;'), an
-empty segment, a backslash or a control character, or when decoding adds a '/' (an encoded slash, singly or
-doubly encoded).
+refused (400) when, decoded, it holds a '.' or '..' segment (also as '..;', and after Unicode normalization), an
+empty segment, a backslash or a control character, when decoding adds a '/' (an encoded slash), or when it is
+percent-encoded twice. Matching ignores ';parameters', as many servers do.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 _RAW_PATH_RE = re.compile(r"^/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*$")
-_MAX_DECODE_ROUNDS = 4
+_ESCAPE_RE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
 class BadPath(ValueError):
@@ -25,7 +26,7 @@ class BadPath(ValueError):
 class Target:
     raw_path: str
     query: str
-    path: str  # decoded once, for matching
+    path: str  # for matching: decoded once, ';parameters' removed from every segment
 
 
 def parse_target(environ: dict) -> Target:
@@ -41,7 +42,11 @@ def parse_target(environ: dict) -> Target:
     raw_path, _, query = raw.partition("?")
     if "#" in raw:
         raise BadPath("a request target cannot carry a fragment")
-    return Target(raw_path=raw_path, query=query, path=check_path(raw_path))
+    path = check_path(raw_path)
+    if ";" in path:
+        # Servers such as Tomcat and Spring ignore ';parameters': /admin;x=1/users must match as /admin/users.
+        path = "/".join(segment.partition(";")[0] for segment in path.split("/"))
+    return Target(raw_path=raw_path, query=query, path=path)
 
 
 def check_path(raw_path: str) -> str:
@@ -54,20 +59,23 @@ def check_path(raw_path: str) -> str:
         _check_segments(raw_path)
         return raw_path
     slashes = raw_path.count("/")
-    once = decoded = unquote(raw_path, errors="surrogateescape")
-    for _ in range(_MAX_DECODE_ROUNDS):
-        if decoded.count("/") != slashes or "\\" in decoded:
-            raise BadPath("the path holds an encoded '/' or '\\'")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
-            raise BadPath("the path holds an encoded control character")
-        _check_segments(decoded)
-        if "%" not in decoded:
-            return once
-        again = unquote(decoded, errors="surrogateescape")
-        if again == decoded:
-            return once
-        decoded = again
-    raise BadPath("the path is percent-encoded too many times")
+    once = unquote(raw_path, errors="surrogateescape")
+    if once.count("/") != slashes or "\\" in once:
+        raise BadPath("the path holds an encoded '/' or '\\'")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in once):
+        raise BadPath("the path holds an encoded control character")
+    if _ESCAPE_RE.search(once):
+        # Double encoding (%2561 for 'a') only serves to look different to the gateway than to an upstream
+        # that decodes twice.
+        raise BadPath("the path is percent-encoded more than once")
+    _check_segments(once)
+    if not once.isascii():
+        # Fullwidth dots and slashes become '.', '/' under Unicode normalization (NFKC), which some servers apply.
+        folded = unicodedata.normalize("NFKC", once)
+        if folded.count("/") != slashes or "\\" in folded:
+            raise BadPath("the path holds a character that normalizes to '/' or '\\'")
+        _check_segments(folded)
+    return once
 
 
 def _check_segments(path: str) -> None:

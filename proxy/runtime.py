@@ -125,12 +125,26 @@ def publish(token: str) -> None:
         )
 
 
+def lock() -> None:
+    """Within a transaction: hold the revision row, so no other configuration change commits meanwhile."""
+    from proxy.models import ConfigRevision
+
+    list(ConfigRevision.objects.select_for_update().filter(pk=1))
+
+
 def load() -> Snapshot:
     """Compile every part from the database and serve it from now on."""
     global _current
     with _lock:
         revision, token = db_state()
-        parts = {name: loader.load() for name, loader in _loaders.items()}
+        for _ in range(3):
+            parts = {name: loader.load() for name, loader in _loaders.items()}
+            # The parts are read one query after another: if a change committed meanwhile, read them again,
+            # so routes and policies always come from the same revision.
+            again = db_state()
+            if again == (revision, token):
+                break
+            revision, token = again
         _current = Snapshot(revision, token, parts, time.time())
     logger.info("configuration loaded", extra={"revision": revision, "routes": len(parts.get("routes", ()))})
     return _current

@@ -12,8 +12,9 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ValidationError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-# RFC 3986 pchar without percent-encoding: a prefix is compared with the decoded request path.
-PREFIX_RE = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*$")
+# RFC 3986 pchar without percent-encoding and without ';' (matching ignores ';parameters'): a prefix is
+# compared with the decoded request path.
+PREFIX_RE = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,=:@/]*$")
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
@@ -82,7 +83,7 @@ def normalize_prefix(value: str, reserved: tuple[str, ...] = ()) -> str:
         raise ValidationError("The path prefix must start with '/'.", code="no_slash")
     if not PREFIX_RE.match(value):
         raise ValidationError(
-            "The path prefix may hold letters, digits and -._~!$&'()*+,;=:@/ only (no %, ? or #).",
+            "The path prefix may hold letters, digits and -._~!$&'()*+,=:@/ only (no %, ;, ? or #).",
             code="invalid_prefix",
         )
     if "//" in value:

@@ -94,7 +94,7 @@ def _request_body(request: HttpRequest, limit: int):
         return _stream_fixed(request, stream, length), False, False
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         buffer_limit = settings.GATEWAY_RETRY_BUFFER_BYTES
-        head = stream.read(buffer_limit + 1)
+        head = _read(stream, buffer_limit + 1)
         if limit and len(head) > limit:
             return _too_large(request, limit), False, False
         if len(head) <= buffer_limit:
@@ -109,12 +109,21 @@ def _too_large(request: HttpRequest, limit: int) -> HttpResponse:
     )
 
 
+def _read(stream, size: int) -> bytes:
+    """Read from the client's body. Whatever fails here is the client's doing (a reset, broken chunking) and
+    must never count against the upstream: it is raised as ClientBodyError, which urllib3 passes through."""
+    try:
+        return stream.read(size)
+    except Exception as exc:  # gunicorn raises OSErrors and its own parse errors here; none may pass as-is
+        raise ClientBodyError(f"reading the request body failed ({type(exc).__name__})") from exc
+
+
 def _read_exactly(stream, length: int) -> bytes | None:
     if length == 0:
         return b""
     parts, remaining = [], length
     while remaining:
-        data = stream.read(min(remaining, CHUNK))
+        data = _read(stream, min(remaining, CHUNK))
         if not data:
             return None
         parts.append(data)
@@ -125,7 +134,7 @@ def _read_exactly(stream, length: int) -> bytes | None:
 def _stream_fixed(request: HttpRequest, stream, length: int):
     remaining = length
     while remaining:
-        data = stream.read(min(remaining, CHUNK))
+        data = _read(stream, min(remaining, CHUNK))
         if not data:
             raise ClientBodyError("the client closed the request body early")
         remaining -= len(data)
@@ -137,7 +146,7 @@ def _stream_chunked(request: HttpRequest, stream, head: bytes, limit: int):
     request.bytes_in += len(head)
     yield head
     while True:
-        data = stream.read(CHUNK)
+        data = _read(stream, CHUNK)
         if not data:
             return
         request.bytes_in += len(data)
@@ -152,7 +161,11 @@ def proxy(request: HttpRequest) -> HttpResponseBase:
     if not upstream.enabled:
         return json_error(request, 503, "upstream_disabled", "This upstream is disabled.", upstream=upstream.name)
 
-    body, replayable, chunked = _request_body(request, route.max_body_bytes)
+    try:
+        body, replayable, chunked = _request_body(request, route.max_body_bytes)
+    except ClientBodyError as exc:
+        request.log.update(client_error=str(exc))
+        return json_error(request, 400, "bad_request", "The request body could not be read.")
     if isinstance(body, HttpResponseBase):
         return body
     if isinstance(body, bytes):

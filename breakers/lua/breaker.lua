@@ -5,7 +5,7 @@
 -- KEYS[3] transition events (a capped list, drained into the database by the gateway)
 -- ARGV: op, caller generation ('' for none), consecutive threshold, rate threshold (%), window (s),
 --       minimum calls, open (ms), probes, may transition (1/0), upstream name, channel, extra, upstream id
---   op: view | acquire | fail | ok | flush | reset
+--   op: view | acquire | fail | ok | flush | reset | release
 --   extra: fail -> what failed; flush -> number of successes (0: only evaluate the failure rate);
 --          reset -> who reset it
 --
@@ -151,6 +151,12 @@ elseif op == 'flush' then
   end
 elseif op == 'reset' then
   transition('closed', 'reset by ' .. extra)
+elseif op == 'release' and not stale then
+  -- A probe that never reached the upstream (the gateway answered it, 413 say) gives its slot back.
+  if state == 'half_open' and issued > 0 then
+    issued = issued - 1
+    dirty = true
+  end
 end
 
 if dirty then

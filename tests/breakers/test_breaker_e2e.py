@@ -167,6 +167,12 @@ def test_4xx_client_aborts_and_the_gateways_own_rejections_do_not_trip_it(gw, up
             sock.sendall(f"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode())
             sock.sendall(b"y" * (size // 3))
         time.sleep(0.3)
+    # A chunked body larger than the retry buffer streams; the client stops after 2 MiB and goes away.
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(b"POST /api/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(32):
+            sock.sendall(b"10000\r\n" + b"z" * 65536 + b"\r\n")
+    time.sleep(0.5)
     while get(gw).status_code != 429:
         pass
     assert state() == "closed"
@@ -259,3 +265,22 @@ def test_disabled_passes_but_counts_and_shadow_records_but_never_rejects(gw, ups
     assert len(upstream.received) == 12
     assert state() == "open"
     assert backend.name == "backend"
+
+
+def test_a_probe_the_gateway_answers_itself_gives_its_slot_back(gw, upstream):
+    backend = guarded(gw, upstream, consecutive_failures=1, open_seconds=0.5, half_open_probes=1)
+    route = backend.routes.get()
+    route.max_body_bytes = 1000
+    route.save()
+    serve(gw)
+    upstream.behave(status=503)
+    get(gw)
+    assert state() == "open"
+    upstream.behave()
+    time.sleep(0.7)
+    # The first request after the open time takes the probe, but the gateway answers it (413) before the
+    # upstream is contacted; the slot comes back and the next request probes.
+    too_big = requests.post(gw.url("/api/x"), data=b"x" * 2000, headers={"Connection": "close"}, timeout=10)
+    assert too_big.status_code == 413
+    assert get(gw).status_code == 200
+    assert state() == "closed"

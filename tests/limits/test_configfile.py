@@ -185,8 +185,9 @@ def test_import_into_an_empty_database_gives_the_same_document(seeded):
     assert RateLimitPolicy.objects.get(name="api-tenant").route == Route.objects.get(name="api")
 
 
-def test_revoking_and_restoring_a_key_through_the_document(seeded):
+def test_a_key_can_be_revoked_through_the_document_but_never_restored(seeded):
     document = configfile.export_document()
+    old = configfile.export_document()  # taken before the revocation, as an old export in a repository would be
     document["consumers"][0]["api_keys"][0]["revoked_at"] = "2031-02-03T04:05:06.789012+00:00"
     assert import_and_apply(document) == ["update consumer 'acme': api_keys"]
     active = ApiKey.objects.get(pk=seeded["active"].pk)
@@ -194,9 +195,17 @@ def test_revoking_and_restoring_a_key_through_the_document(seeded):
     assert configfile.plan(configfile.export_document()).changes == []
     assert configfile.plan(document).changes == []
 
-    document["consumers"][0]["api_keys"][0]["revoked_at"] = None
-    assert import_and_apply(document) == ["update consumer 'acme': api_keys"]
-    assert ApiKey.objects.get(pk=seeded["active"].pk).revoked_at is None
+    with pytest.raises(ConfigError) as refused:
+        configfile.plan(old)
+    assert any("a revoked key stays revoked" in problem for problem in refused.value.problems)
+    assert ApiKey.objects.get(pk=seeded["active"].pk).revoked_at is not None
+
+
+def test_a_consumer_without_api_keys_keeps_its_keys(seeded):
+    document = configfile.export_document()
+    del document["consumers"][0]["api_keys"]
+    assert plan_text(document) == []
+    assert ApiKey.objects.filter(consumer__name="acme").count() == 2
 
 
 def test_revoked_at_with_an_offset_is_the_same_instant(seeded):

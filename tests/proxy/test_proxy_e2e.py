@@ -95,6 +95,14 @@ def test_request_headers_are_cleaned_and_gateway_headers_replace_client_values(a
             "X-Forwarded-Host": "evil.example",
             "X-Real-IP": "6.6.6.6",
             "Forwarded": "for=6.6.6.6",
+            "X-Forwarded-Ssl": "on",
+            "X-Forwarded-Client-Cert": "Hash=abc;Subject=CN=admin",
+            "X-Forwarded-Port": "443",
+            "True-Client-IP": "6.6.6.6",
+            "X-Client-IP": "6.6.6.6",
+            "CF-Connecting-IP": "6.6.6.6",
+            "X-Original-URL": "/admin",
+            "X-Rewrite-URL": "/admin",
             "Authorization": "Bearer token",
             "X-Custom": "kept",
             "Via": "1.1 client-proxy",
@@ -102,7 +110,23 @@ def test_request_headers_are_cleaned_and_gateway_headers_replace_client_values(a
     )
     seen = api.received[-1]
     names = seen.header_names()
-    for hop in ("x-secret-hop", "keep-alive", "te", "proxy-authorization", "upgrade", "x-real-ip", "forwarded"):
+    for hop in (
+        "x-secret-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "upgrade",
+        "x-real-ip",
+        "forwarded",
+        "x-forwarded-ssl",
+        "x-forwarded-client-cert",
+        "x-forwarded-port",
+        "true-client-ip",
+        "x-client-ip",
+        "cf-connecting-ip",
+        "x-original-url",
+        "x-rewrite-url",
+    ):
         assert hop not in names, hop
     assert seen.header("X-Forwarded-For") == "127.0.0.1"
     assert seen.header("X-Forwarded-Proto") == "http"
@@ -337,4 +361,32 @@ def test_disabled_upstream_answers_503(live, upstream):
     response = requests.get(live.url("/off/x"))
     assert response.status_code == 503
     assert response.json()["error"] == "upstream_disabled"
+    assert upstream.received == []
+
+
+def test_a_host_with_a_trailing_dot_is_that_host(live, upstream):
+    """'api.example.com.' is api.example.com: it must not fall through to the routes for any host."""
+    make_route(
+        "by-host",
+        "/orders",
+        make_upstream("hosted", upstream.url + "/hosted"),
+        host="api.example.com",
+        require_api_key=True,
+    )
+    make_route("any-host", "/orders", make_upstream("open", upstream.url + "/open"))
+    serve(live)
+    for host in ("api.example.com", "API.example.com.", "api.example.com.:80"):
+        response = requests.get(live.url("/orders/1"), headers={"Host": host}, timeout=10)
+        assert response.status_code == 401, host
+    assert upstream.received == []
+
+
+def test_path_parameters_cannot_dodge_a_longer_prefix(live, upstream):
+    make_route("admin", "/orders/admin", make_upstream("locked", upstream.url + "/locked"), require_api_key=True)
+    make_route("orders", "/orders", make_upstream("open", upstream.url + "/open"))
+    serve(live)
+    status, _, _ = get_raw(live, "/orders/admin;x=1/users")
+    assert status == 401
+    status, _, _ = get_raw(live, "/orders/%2561dmin/users")
+    assert status == 400
     assert upstream.received == []

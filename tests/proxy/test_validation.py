@@ -154,7 +154,7 @@ RESERVED = ("/healthz", "/metrics", "/_gateway", "/admin")
         (" /api ", "/api"),
         ("/API/Users", "/API/Users"),
         ("/a-b_c.d~e", "/a-b_c.d~e"),
-        ("/a:b@c;d=e,f!$&'()*+", "/a:b@c;d=e,f!$&'()*+"),
+        ("/a:b@c,d=e,f!$&'()*+", "/a:b@c,d=e,f!$&'()*+"),
         ("/.well-known", "/.well-known"),
         ("/healthzx", "/healthzx"),
         ("/api/healthz", "/api/healthz"),

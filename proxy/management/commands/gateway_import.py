@@ -3,8 +3,9 @@
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
-from proxy import configfile
+from proxy import configfile, runtime
 
 
 class Command(BaseCommand):
@@ -29,7 +30,14 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
         try:
-            plan = configfile.plan(configfile.parse(text), prune=options["prune"])
+            document = configfile.parse(text)
+            # Validate and apply in one transaction that holds the revision row: no admin save or other
+            # import commits between the check and the write.
+            with transaction.atomic():
+                runtime.lock()
+                plan = configfile.plan(document, prune=options["prune"])
+                if plan.changes and not options["dry_run"]:
+                    configfile.apply(plan)
         except configfile.ConfigError as exc:
             raise CommandError(
                 f"{path}: {len(exc.problems)} problem(s), nothing was changed:\n  " + "\n  ".join(exc.problems)
@@ -42,5 +50,4 @@ class Command(BaseCommand):
         if options["dry_run"]:
             self.stdout.write(f"Dry run: {len(plan.changes)} change(s) would be applied; nothing was changed.")
             return
-        configfile.apply(plan)
         self.stdout.write(self.style.SUCCESS(f"Applied {len(plan.changes)} change(s)."))
