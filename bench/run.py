@@ -1,0 +1,712 @@
+#!/usr/bin/env python
+"""The gateway side by side with nginx, django-revproxy and Django's hello world, on this machine, in one run.
+
+    .venv/bin/python bench/run.py                 # 3 runs x 10 s per target and concurrency (~12 minutes)
+    .venv/bin/python bench/run.py --quick         # 1 run x 3 s, to try the script
+    .venv/bin/python bench/run.py --profile       # also py-spy the gateway at 64 connections
+
+Everything listens on 127.0.0.1 and stops when the script ends. It installs what it needs: nginx and wrk from
+Debian's packages (as root), django-revproxy and py-spy from PyPI into the project's virtualenv. The report
+(markdown and JSON) goes to bench/results/<date>/ and is printed; docs/benchmarks.md quotes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+BIN = Path(sys.executable).parent
+BODY = '{"status":"ok","service":"bench","message":"hello from the benchmark upstream","padding":"xxxxxxxx"}'
+TICKS = os.sysconf("SC_CLK_TCK")
+LEVELS = (1, 8, 64)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status < 500:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def ensure_tools(skip: bool) -> None:
+    missing = [tool for tool in ("nginx", "wrk", "redis-server") if shutil.which(tool) is None]
+    if missing and not skip:
+        if os.geteuid() != 0:
+            sys.exit(f"missing {', '.join(missing)}: install them (Debian: apt-get install {' '.join(missing)})")
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", *missing],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            stdout=subprocess.DEVNULL,
+        )
+    if not skip:
+        subprocess.run([str(BIN / "pip"), "install", "-q", "-r", str(BENCH / "requirements.txt")], check=True)
+
+
+class Process:
+    """A started server; stopped with its whole process group."""
+
+    def __init__(
+        self, name: str, argv: list[str], *, env: dict | None = None, cwd: Path | None = None, log: Path
+    ) -> None:
+        self.name = name
+        self.log_path = log
+        self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            argv,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def pids(self) -> list[int]:
+        pids, frontier = [self.proc.pid], [self.proc.pid]
+        while frontier:
+            out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(frontier.pop())], capture_output=True, text=True)
+            children = [int(p) for p in out.stdout.split()]
+            pids += children
+            frontier += children
+        return pids
+
+    def workers(self) -> list[int]:
+        return self.pids()[1:]
+
+    def cpu_seconds(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / TICKS
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def nginx_conf(work: Path, name: str, body: str) -> Path:
+    temp = work / f"{name}-temp"
+    temp.mkdir(exist_ok=True)
+    path = work / f"{name}.conf"
+    path.write_text(f"""
+worker_processes {{workers}};
+pid {work}/{name}.pid;
+error_log {work}/{name}-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy; fastcgi_temp_path {temp}/fcgi;
+  uwsgi_temp_path {temp}/uwsgi; scgi_temp_path {temp}/scgi;
+  {body}
+}}
+""")
+    return path
+
+
+def start_nginx(work: Path, name: str, body: str, workers: int) -> Process:
+    conf = nginx_conf(work, name, body)
+    conf.write_text(conf.read_text().replace("{workers}", str(workers)))
+    return Process(name, ["nginx", "-c", str(conf), "-p", str(work), "-g", "daemon off;"], log=work / f"{name}.log")
+
+
+def parse_wrk(text: str) -> dict:
+    def seconds(value: str) -> float:
+        number, unit = re.match(r"([\d.]+)(us|ms|s|m)", value).groups()
+        return float(number) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+    latencies = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", text, re.MULTILINE))
+    requests_done = int(re.search(r"(\d+) requests in", text).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: (.*)", text)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+        "p50": seconds(latencies["50"]),
+        "p99": seconds(latencies["99"]),
+        "requests": requests_done,
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def wrk(url: str, connections: int, duration: float) -> dict:
+    threads = 1 if connections == 1 else 2
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(duration)}s", "--latency", "--timeout", "10s", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return parse_wrk(out)
+
+
+def nginx_accepts(status_url: str) -> int:
+    with urllib.request.urlopen(status_url, timeout=5) as response:
+        return int(response.read().decode().splitlines()[2].split()[0])
+
+
+def redis_calls(port: int) -> dict[str, int]:
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"], capture_output=True, text=True)
+    calls = {}
+    for name, count in re.findall(r"cmdstat_(\w+):calls=(\d+)", out.stdout):
+        calls[name] = int(count)
+    return calls
+
+
+def metric_total(url: str, name: str) -> float:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+class Bench:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+        self.processes: list[Process] = []
+        self.ports = {
+            name: free_port() for name in ("upstream", "nginx", "hello", "revproxy", "gateway", "redis", "slow")
+        }
+
+    def start(self, process: Process) -> Process:
+        self.processes.append(process)
+        return process
+
+    def setup(self) -> None:
+        work, ports = self.work, self.ports
+        work.chmod(0o755)  # nginx workers run as an unprivileged user and must read the bodies
+        (work / "big.bin").write_bytes(os.urandom(64 * 1024))
+        with open(work / "huge.bin", "wb") as fh:
+            fh.truncate(1024**3)
+        self.upstream = self.start(
+            start_nginx(
+                work,
+                "upstream",
+                f"""
+  server {{
+    listen 127.0.0.1:{ports["upstream"]} backlog=4096;
+    location = /small {{ default_type application/json; return 200 '{BODY}'; }}
+    location = /big {{ alias {work}/big.bin; }}
+    location = /huge {{ alias {work}/huge.bin; }}
+    location = /nginx_status {{ stub_status; }}
+  }}""",
+                workers=1,
+            )
+        )
+        self.nginx = self.start(
+            start_nginx(
+                work,
+                "proxy",
+                f"""
+  upstream backend {{ server 127.0.0.1:{ports["upstream"]}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{ports["nginx"]} backlog=4096;
+    location /np/ {{ proxy_pass http://backend/; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}""",
+                workers=2,
+            )
+        )
+        self.redis = self.start(
+            Process(
+                "redis",
+                [
+                    "redis-server",
+                    "--port",
+                    str(ports["redis"]),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                log=work / "redis.log",
+            )
+        )
+        self.slow = self.start(
+            Process(
+                "slow",
+                [sys.executable, str(BENCH / "slow_upstream.py"), str(ports["slow"]), "1.0"],
+                log=work / "slow.log",
+            )
+        )
+        common = {"PYTHONPATH": f"{BENCH}:{ROOT}", "BENCH_UPSTREAM": f"http://127.0.0.1:{ports['upstream']}/"}
+        self.revproxy = self.start(
+            Process(
+                "revproxy",
+                [
+                    str(BIN / "gunicorn"),
+                    "-w",
+                    "2",
+                    "-k",
+                    "sync",
+                    "-b",
+                    f"127.0.0.1:{ports['revproxy']}",
+                    "--chdir",
+                    str(BENCH),
+                    "--no-control-socket",
+                    "peers.wsgi:application",
+                ],
+                env=common,
+                log=work / "revproxy.log",
+            )
+        )
+        self.hello = self.start(
+            Process(
+                "hello",
+                [
+                    str(BIN / "gunicorn"),
+                    "-c",
+                    str(ROOT / "gunicorn.conf.py"),
+                    "--chdir",
+                    str(BENCH),
+                    "peers.wsgi:application",
+                ],
+                env={
+                    **common,
+                    "GATEWAY_LISTEN": f"127.0.0.1:{ports['hello']}",
+                    "GATEWAY_WORKERS": "2",
+                    "REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/1",
+                    "DJANGO_SETTINGS_MODULE": "peers.settings",
+                    "GATEWAY_LOG_LEVEL": "WARNING",
+                },
+                log=work / "hello.log",
+            )
+        )
+        self.gateway_env = {
+            "DEBUG": "0",
+            "SECRET_KEY": "benchmark-secret-key-0123456789abcdefghijklmnop",
+            "ALLOWED_HOSTS": "*",
+            "DATABASE_URL": f"sqlite:///{work / 'gateway.sqlite3'}",
+            "REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
+            "GATEWAY_LISTEN": f"127.0.0.1:{ports['gateway']}",
+            "GATEWAY_WORKERS": "2",
+            "GATEWAY_LOG_LEVEL": "INFO",
+            "GATEWAY_VAR_DIR": str(work / "var"),
+            "DJANGO_SETTINGS_MODULE": "gateway_project.settings",
+        }
+        config = work / "gateway.yaml"
+        config.write_text(
+            json.dumps(
+                {
+                    "version": 1,
+                    "upstreams": [
+                        {
+                            "name": "bench",
+                            "base_url": f"http://127.0.0.1:{ports['upstream']}",
+                            "read_timeout": 60,
+                            "deadline": 120,
+                        },
+                        {"name": "slow", "base_url": f"http://127.0.0.1:{ports['slow']}", "read_timeout": 10},
+                    ],
+                    "routes": [
+                        {"name": "bench", "path_prefix": "/gw", "upstream": "bench"},
+                        {"name": "slow", "path_prefix": "/slow", "upstream": "slow"},
+                    ],
+                    "rate_limits": [
+                        {
+                            "name": "never-hit",
+                            "scope": "global",
+                            "key_by": "ip",
+                            "limit": 1_000_000_000,
+                            "window_seconds": 1,
+                            "algorithm": "gcra",
+                        },
+                    ],
+                }
+            )
+        )
+        for command in (["migrate", "--noinput", "-v", "0"], ["gateway_import", str(config)]):
+            subprocess.run(
+                [sys.executable, "manage.py", *command],
+                cwd=ROOT,
+                env={**os.environ, **self.gateway_env},
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        self.gateway = self.start(
+            Process(
+                "gateway",
+                [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "gateway_project.wsgi"],
+                cwd=ROOT,
+                env=self.gateway_env,
+                log=work / "gateway.log",
+            )
+        )
+        for name in ("upstream", "nginx", "revproxy", "hello", "gateway"):
+            path = {
+                "upstream": "/small",
+                "nginx": "/np/small",
+                "revproxy": "/proxy/small",
+                "hello": "/hello",
+                "gateway": "/gw/small",
+            }[name]
+            wait_http(f"http://127.0.0.1:{ports[name]}{path}")
+
+    def targets(self, size: str) -> dict[str, tuple[str, Process]]:
+        p = self.ports
+        targets = {
+            "upstream direct": (f"http://127.0.0.1:{p['upstream']}/{size}", self.upstream),
+            "nginx proxy": (f"http://127.0.0.1:{p['nginx']}/np/{size}", self.nginx),
+            "django-revproxy": (f"http://127.0.0.1:{p['revproxy']}/proxy/{size}", self.revproxy),
+            "gateway": (f"http://127.0.0.1:{p['gateway']}/gw/{size}", self.gateway),
+        }
+        if size == "small":
+            targets["django hello world"] = (f"http://127.0.0.1:{p['hello']}/hello", self.hello)
+        return targets
+
+    def measure(self, size: str, levels) -> dict:
+        results: dict = collections.defaultdict(lambda: collections.defaultdict(list))
+        status = f"http://127.0.0.1:{self.ports['upstream']}/nginx_status"
+        for url, _ in self.targets(size).values():
+            wrk(url, 8, 2)  # warm-up: pools, caches, scripts
+        for run in range(self.args.runs):
+            for connections in levels:
+                for name, (url, process) in self.targets(size).items():
+                    cpu, accepts = process.cpu_seconds(), nginx_accepts(status)
+                    redis_before = redis_calls(self.ports["redis"]) if name == "gateway" else {}
+                    result = wrk(url, connections, self.args.duration)
+                    if result["non_2xx"] or result["socket_errors"]:
+                        raise RuntimeError(f"{name} at {connections} connections: {result}")
+                    result["cpu_us_per_request"] = (process.cpu_seconds() - cpu) * 1e6 / max(result["requests"], 1)
+                    result["new_upstream_connections"] = nginx_accepts(status) - accepts
+                    if name == "gateway":
+                        after = redis_calls(self.ports["redis"])
+                        result["redis_calls"] = {k: after.get(k, 0) - redis_before.get(k, 0) for k in after}
+                    results[connections][name].append(result)
+                    print(
+                        f"  {size:5} run {run + 1} c={connections:<3} {name:20} {result['rps']:>10.0f} req/s  "
+                        f"p50 {result['p50'] * 1000:6.2f} ms  p99 {result['p99'] * 1000:6.2f} ms  "
+                        f"cpu {result['cpu_us_per_request']:6.0f} us/req",
+                        flush=True,
+                    )
+        return results
+
+    def streaming(self) -> dict:
+        out = {}
+        for name, url in (
+            ("nginx proxy", f"http://127.0.0.1:{self.ports['nginx']}/np/huge"),
+            ("gateway", f"http://127.0.0.1:{self.ports['gateway']}/gw/huge"),
+        ):
+            rss = {"before": self._rss(), "peak": 0}
+            stop = threading.Event()
+
+            def sample(rss=rss, stop=stop):
+                while not stop.wait(0.02):
+                    rss["peak"] = max(rss["peak"], max(self._rss().values(), default=0))
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            speed = subprocess.run(
+                ["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_download} %{size_download} %{http_code}", url],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+            if speed[2] != "200" or int(speed[1]) != 1024**3:
+                raise RuntimeError(f"1 GiB download through {name} failed: HTTP {speed[2]}, {speed[1]} bytes")
+            stop.set()
+            sampler.join()
+            out[name] = {"mb_per_s": float(speed[0]) / 1e6, "bytes": int(speed[1])}
+            if name == "gateway":
+                out[name]["worker_rss_growth_mib"] = (rss["peak"] - max(rss["before"].values())) / 2**20
+        return out
+
+    def _rss(self) -> dict[int, int]:
+        sizes = {}
+        for pid in self.gateway.workers():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        sizes[pid] = int(line.split()[1]) * 1024
+            except FileNotFoundError:
+                pass
+        return sizes
+
+    def in_flight(self, count: int = 1000) -> dict:
+        async def one(port: int) -> int:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /slow/x HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            status = int((await reader.readline()).split()[1])
+            await reader.read()
+            writer.close()
+            return status
+
+        async def burst() -> list[int]:
+            return await asyncio.gather(*(one(self.ports["gateway"]) for _ in range(count)))
+
+        asyncio.run(burst())  # warm the pools
+        started = time.monotonic()
+        statuses = asyncio.run(burst())
+        return {"requests": count, "wall_seconds": time.monotonic() - started, "ok": statuses.count(200)}
+
+    def redis_idle(self, seconds: float = 5.0) -> dict:
+        """Commands the gateway sends Redis with no traffic at all: its background work, per second."""
+        before = redis_calls(self.ports["redis"])
+        time.sleep(seconds)
+        after = redis_calls(self.ports["redis"])
+        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        return {k: round(v / seconds, 1) for k, v in delta.items() if v and k != "info"}
+
+    def sql_per_request(self) -> dict:
+        metrics = f"http://127.0.0.1:{self.ports['gateway']}/metrics"
+        before = metric_total(metrics, "django_db_execute_total")
+        result = wrk(f"http://127.0.0.1:{self.ports['gateway']}/gw/small", 64, self.args.duration)
+        after = metric_total(metrics, "django_db_execute_total")
+        return {"requests": result["requests"], "queries": after - before, "seconds": self.args.duration}
+
+    def profile(self) -> dict:
+        worker = self.gateway.workers()[0]
+        raw = self.work / "profile.txt"
+        load = threading.Thread(
+            target=wrk, args=(f"http://127.0.0.1:{self.ports['gateway']}/gw/small", 64, self.args.duration + 2)
+        )
+        load.start()
+        time.sleep(1)
+        subprocess.run(
+            [
+                str(BIN / "py-spy"),
+                "record",
+                "--pid",
+                str(worker),
+                "--duration",
+                str(int(self.args.duration)),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                "--nonblocking",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        load.join()
+        return summarize_profile(raw.read_text())
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+GROUPS = (
+    ("gunicorn: parse the request, write the response", (" (gunicorn/",)),
+    ("Django: WSGI handler, request and response objects, signals", (" (django/",)),
+    (
+        "gateway: pipeline, rate limit, breaker, proxy view",
+        (" (proxy/", " (limits/", " (breakers/", " (gateway_project/"),
+    ),
+    ("  of which urllib3 + http.client: the upstream call", (" (urllib3/", "http/client.py", " (email/")),
+    ("  of which redis-py: the rate-limit call", (" (redis/",)),
+    ("  of which logging: the access line", (" (structlog/", " (logging/", "_LineWriter")),
+    ("  of which prometheus_client: metrics", (" (prometheus_client/",)),
+)
+
+
+def summarize_profile(raw: str) -> dict:
+    """Self time by function and inclusive time by component from py-spy's collapsed stacks."""
+    self_time: collections.Counter = collections.Counter()
+    groups: collections.Counter = collections.Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        frames = stack.split(";")
+        self_time[frames[-1]] += samples
+        hit = set()
+        for frame in frames:
+            for label, needles in GROUPS:
+                if label not in hit and any(n in frame for n in needles):
+                    hit.add(label)
+        for label in hit:
+            groups[label] += samples
+    return {
+        "samples": total,
+        "top_self": [(frame, round(100 * n / total, 1)) for frame, n in self_time.most_common(25)],
+        "components": {label: round(100 * groups[label] / total, 1) for label, _ in GROUPS},
+    }
+
+
+def report(measured: dict, extras: dict, args) -> str:
+    lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} cores, "
+        f"{platform.platform()}), `{' '.join(['bench/run.py', *sys.argv[1:]])}`: wrk on loopback, "
+        f"{args.runs} run(s) of {args.duration:g} s per cell, medians.",
+        "",
+    ]
+    for size, label in (("small", "100-byte JSON body"), ("big", "64 KiB body")):
+        if size not in measured:
+            continue
+        lines += [
+            f"### {label}",
+            "",
+            "| target | conns | req/s | p50 ms | p99 ms | CPU us/req | vs nginx | vs revproxy |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for connections, by_target in sorted(measured[size].items()):
+            med = {
+                name: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99", "cpu_us_per_request")}
+                for name, runs in by_target.items()
+            }
+            for name, m in med.items():
+                ratio_nginx = m["rps"] / med["nginx proxy"]["rps"]
+                ratio_rev = m["rps"] / med["django-revproxy"]["rps"]
+                lines.append(
+                    f"| {name} | {connections} | {m['rps']:,.0f} | {m['p50'] * 1000:.2f} | "
+                    f"{m['p99'] * 1000:.2f} | {m['cpu_us_per_request']:.0f} | {ratio_nginx:.2f} | "
+                    f"{ratio_rev:.2f} |"
+                )
+        lines.append("")
+    small = measured.get("small", {})
+    if small:
+        gw1, up1 = (statistics.median(r["p50"] for r in small[1][n]) for n in ("gateway", "upstream direct"))
+        lines += [
+            f"- Added latency at 1 connection, p50: {(gw1 - up1) * 1000:.2f} ms (gateway {gw1 * 1000:.2f} ms, "
+            f"upstream direct {up1 * 1000:.2f} ms)."
+        ]
+        runs64 = small[64]["gateway"]
+        calls = collections.Counter()
+        for r in runs64:
+            calls.update(r.get("redis_calls", {}))
+        requests_done = sum(r["requests"] for r in runs64)
+        idle = extras.get("redis_idle", {})
+        lines += [
+            f"- Redis round trips per proxied request at 64 connections: {calls['evalsha'] / requests_done:.3f} "
+            f"EVALSHA ({calls['evalsha']:,} over {requests_done:,} requests). With no traffic the gateway sends "
+            f"{sum(idle.values()):.1f} commands/s in the background ({idle}); Redis also counts the commands "
+            "the scripts run inside each EVALSHA, which cost no round trip."
+        ]
+        new = max(r["new_upstream_connections"] for r in runs64)
+        lines += [
+            f"- New upstream connections during one {args.duration:g} s gateway run at 64 connections: {new} "
+            f"(pool size bound: 2 workers x 1000)."
+        ]
+        errors = sorted(
+            {
+                (size, n, c)
+                for size, cells in measured.items()
+                for c, t in cells.items()
+                for n, runs in t.items()
+                for r in runs
+                if r["non_2xx"] or r["socket_errors"]
+            }
+        )
+        lines += [f"- Cells with non-2xx answers or socket errors: {errors or 'none'}."]
+    if "sql" in extras:
+        s = extras["sql"]
+        lines += [
+            f"- SQL queries per proxied request: {s['queries'] / max(s['requests'], 1):.5f} ({s['queries']:.0f} "
+            f"queries over {s['requests']:,} requests in {s['seconds']:g} s, all from the configuration watcher)."
+        ]
+    if "in_flight" in extras:
+        f = extras["in_flight"]
+        lines += [
+            f"- {f['requests']} concurrent requests to an upstream that takes 1 s: all done in "
+            f"{f['wall_seconds']:.2f} s of wall time ({f['ok']} answered 200)."
+        ]
+    if "streaming" in extras:
+        s = extras["streaming"]
+        lines += [
+            f"- 1 GiB response: gateway {s['gateway']['mb_per_s']:.0f} MB/s, nginx proxy "
+            f"{s['nginx proxy']['mb_per_s']:.0f} MB/s; gateway worker RSS grew "
+            f"{s['gateway']['worker_rss_growth_mib']:.1f} MiB."
+        ]
+    if "profile" in extras:
+        p = extras["profile"]
+        lines += [
+            "",
+            f"### Where a gateway worker's time goes (py-spy, {p['samples']} samples at 64 connections)",
+            "",
+            "| component (inclusive) | share |",
+            "|---|---:|",
+        ]
+        lines += [f"| {label} | {share}% |" for label, share in p["components"].items()]
+        lines += ["", "| function (self time) | share |", "|---|---:|"]
+        lines += [f"| `{frame}` | {share}% |" for frame, share in p["top_self"][:20]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--quick", action="store_true", help="one 3 s run per cell")
+    parser.add_argument("--profile", action="store_true", help="py-spy a gateway worker at 64 connections")
+    parser.add_argument("--skip-install", action="store_true")
+    parser.add_argument("--sizes", default="small,big")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.duration = 1, 3.0
+    ensure_tools(args.skip_install)
+    bench = Bench(args)
+    measured, extras = {}, {}
+    try:
+        bench.setup()
+        for size in filter(None, args.sizes.split(",")):
+            measured[size] = bench.measure(size, LEVELS if size == "small" else (64,))
+        extras["redis_idle"] = bench.redis_idle()
+        extras["sql"] = bench.sql_per_request()
+        extras["in_flight"] = bench.in_flight()
+        extras["streaming"] = bench.streaming()
+        if args.profile:
+            extras["profile"] = bench.profile()
+    finally:
+        bench.stop()
+    text = report(measured, extras, args)
+    out = BENCH / "results" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(text)
+    (out / "results.json").write_text(json.dumps({"measured": measured, "extras": extras}, indent=2, default=str))
+    print("\n" + text)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
