@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
 
 import pytest
 from django.conf import settings
@@ -101,13 +102,52 @@ def gateway(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
     gw.stop()
 
 
+@contextmanager
+def talking_to(gateway: Gateway, redis: RedisServer | None = None):
+    """Make this test process use the key prefix (and, if given, the Redis server) of a gateway's workers, so
+    that its configuration changes reach them and its reads see their state; restore everything after."""
+    previous = (settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX)
+    if redis is not None:
+        settings.GATEWAY_REDIS_URL = redis.url
+        store.reset_clients()
+    settings.GATEWAY_REDIS_PREFIX = gateway.prefix
+    try:
+        yield gateway
+    finally:
+        settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = previous
+        if redis is not None:
+            store.reset_clients()
+
+
 @pytest.fixture
 def live(gateway, transactional_db, redis_server):
     """Use the module's gateway from a test: committed data, and this process publishing to its Redis prefix."""
-    previous = settings.GATEWAY_REDIS_PREFIX
-    settings.GATEWAY_REDIS_PREFIX = gateway.prefix
-    yield gateway
-    settings.GATEWAY_REDIS_PREFIX = previous
+    with talking_to(gateway):
+        yield gateway
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory):
+    """A redis-server for one module's gateway alone: its tests stop, freeze and restart it."""
+    server = RedisServer(tmp_path_factory.mktemp("own-redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def own_gateway(request, tmp_path_factory, own_redis, django_db_setup, django_db_blocker):
+    """A gateway on `own_redis`; the module's OWN_GATEWAY (a dict) passes options to Gateway."""
+    options = {"workers": 2, **getattr(request.module, "OWN_GATEWAY", {})}
+    with django_db_blocker.unblock():
+        gw = Gateway(
+            tmp_path_factory.mktemp("own-gateway"),
+            redis_url=own_redis.url,
+            database_url=database_url_for_gateway(),
+            prefix=f"own{uuid.uuid4().hex[:8]}",
+            **options,
+        ).start()
+    yield gw
+    gw.stop()
 
 
 @pytest.fixture

@@ -12,14 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from django.conf import settings
 from django.urls import reverse
 
 from breakers import services
 from breakers.models import BreakerTransition
 from limits.models import RateLimitPolicy
 from proxy.models import Upstream
-from tests.conftest import start_gateway
+from tests.conftest import start_gateway, talking_to
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.servers import wait_until
 
@@ -34,10 +33,8 @@ def four_workers(tmp_path_factory, redis_server, django_db_setup, django_db_bloc
 
 @pytest.fixture
 def gw(four_workers, transactional_db):
-    previous = settings.GATEWAY_REDIS_PREFIX
-    settings.GATEWAY_REDIS_PREFIX = four_workers.prefix
-    yield four_workers
-    settings.GATEWAY_REDIS_PREFIX = previous
+    with talking_to(four_workers):
+        yield four_workers
 
 
 def guarded(gw, upstream, **breaker) -> Upstream:

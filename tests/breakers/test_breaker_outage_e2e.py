@@ -7,42 +7,25 @@ import time
 
 import pytest
 import requests
-from django.conf import settings
 
-from gateway_project import store
-from tests.conftest import database_url_for_gateway
+from tests.conftest import talking_to
 from tests.support.config import make_route, make_upstream, serve
-from tests.support.servers import Gateway, RedisServer
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("breaker-outage-redis")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory, own_redis, django_db_setup, django_db_blocker):
-    with django_db_blocker.unblock():
-        gw = Gateway(
-            tmp_path_factory.mktemp("breaker-outage-gateway"),
-            redis_url=own_redis.url,
-            database_url=database_url_for_gateway(),
-            prefix="brout",
-            workers=2,
-        ).start()
-    yield gw
-    gw.stop()
+def gateway(own_gateway):
+    return own_gateway
 
 
 @pytest.fixture
 def configured(gateway, own_redis, transactional_db, upstream):
-    previous = (settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX)
-    settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = own_redis.url, gateway.prefix
-    store.reset_clients()
+    with talking_to(gateway, own_redis):
+        yield from _configure(gateway, own_redis, upstream)
+
+
+def _configure(gateway, own_redis, upstream):
     fields = {
         "max_retries": 0,
         "breaker_consecutive_failures": 3,
@@ -55,8 +38,6 @@ def configured(gateway, own_redis, transactional_db, upstream):
     yield gateway
     if own_redis.proc is None:
         own_redis.start()
-    settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = previous
-    store.reset_clients()
 
 
 def test_requests_keep_flowing_through_the_local_fallback(configured, own_redis, upstream):

@@ -7,9 +7,8 @@ import json
 import pytest
 
 from proxy import configfile
-from proxy.configfile import ConfigError
 from proxy.models import Upstream
-from tests.support.config import make_upstream
+from tests.support.config import make_upstream, problems_of
 
 pytestmark = pytest.mark.django_db
 
@@ -51,12 +50,6 @@ def tuned() -> Upstream:
 
 def document(**breaker) -> dict:
     return {"version": 1, "upstreams": [{"name": "backend", "base_url": "http://127.0.0.1:9", "breaker": breaker}]}
-
-
-def problems_of(doc) -> list[str]:
-    with pytest.raises(ConfigError) as excinfo:
-        configfile.plan(doc)
-    return excinfo.value.problems
 
 
 def breaker_fields(name: str = "backend") -> dict:

@@ -16,13 +16,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from django.conf import settings
 
-from gateway_project import store
 from limits.models import RateLimitPolicy
-from tests.conftest import database_url_for_gateway
+from tests.conftest import talking_to
 from tests.support.config import make_route, make_upstream, serve
-from tests.support.servers import REPO, Gateway, RedisServer, free_port, wait_until
+from tests.support.servers import REPO, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -56,24 +54,8 @@ def test_the_dashboard_names_its_data_source_only_through_a_variable():
 
 
 @pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("dashboard-redis")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory, own_redis, django_db_setup, django_db_blocker):
-    with django_db_blocker.unblock():
-        gw = Gateway(
-            tmp_path_factory.mktemp("dashboard-gateway"),
-            redis_url=own_redis.url,
-            database_url=database_url_for_gateway(),
-            prefix="dash",
-            workers=2,
-        ).start()
-    yield gw
-    gw.stop()
+def gateway(own_gateway):
+    return own_gateway
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +103,7 @@ def concrete(expr: str) -> str:
 
 
 def test_every_panel_query_is_valid_and_returns_data(prometheus, gateway, own_redis, transactional_db, upstream):
-    previous = (settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX)
-    settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = own_redis.url, gateway.prefix
-    store.reset_clients()
-    try:
+    with talking_to(gateway, own_redis):
         api = make_route("api", "/api", make_upstream("backend", upstream.url, max_retries=2, backoff_factor=0))
         make_route(
             "flaky",
@@ -168,10 +147,7 @@ def test_every_panel_query_is_valid_and_returns_data(prometheus, gateway, own_re
                 problems.append(f"{title}: {reply.get('error')}")
             elif not reply["data"]["result"]:
                 problems.append(f"{title}: no data for {concrete(expr)}")
-        assert problems == []
-    finally:
-        settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = previous
-        store.reset_clients()
+    assert problems == []
 
 
 def test_the_compose_scrape_config_and_provisioning_parse():

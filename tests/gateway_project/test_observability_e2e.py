@@ -11,11 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from django.conf import settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from limits.models import RateLimitPolicy
-from tests.conftest import start_gateway
+from tests.conftest import start_gateway, talking_to
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.servers import wait_until
 
@@ -35,12 +34,10 @@ def four_workers(tmp_path_factory, redis_server, django_db_setup, django_db_bloc
 
 @pytest.fixture
 def gw(four_workers, transactional_db, upstream):
-    previous = settings.GATEWAY_REDIS_PREFIX
-    settings.GATEWAY_REDIS_PREFIX = four_workers.prefix
-    make_route("api", "/api", make_upstream("backend", upstream.url, max_retries=1, backoff_factor=0))
-    serve(four_workers)
-    yield four_workers
-    settings.GATEWAY_REDIS_PREFIX = previous
+    with talking_to(four_workers):
+        make_route("api", "/api", make_upstream("backend", upstream.url, max_retries=1, backoff_factor=0))
+        serve(four_workers)
+        yield four_workers
 
 
 def scrape(gateway) -> dict[tuple[str, tuple], float]:

@@ -14,7 +14,7 @@ from limits.models import MAX_LOG_LIMIT, ApiKey, Consumer, RateLimitPolicy
 from proxy import configfile
 from proxy.configfile import ConfigError
 from proxy.models import Route
-from tests.support.config import make_route, make_upstream
+from tests.support.config import import_and_apply, make_route, make_upstream, names, plan_text, problems_of
 
 pytestmark = pytest.mark.django_db
 
@@ -74,26 +74,6 @@ def db_state():
         list(ApiKey.objects.order_by("key_hash").values()),
         list(RateLimitPolicy.objects.order_by("name").values()),
     )
-
-
-def names(model) -> list[str]:
-    return list(model.objects.order_by("name").values_list("name", flat=True))
-
-
-def plan_text(document, **kwargs) -> list[str]:
-    return [str(change) for change in configfile.plan(document, **kwargs).changes]
-
-
-def problems_of(document, **kwargs) -> list[str]:
-    with pytest.raises(ConfigError) as excinfo:
-        configfile.plan(document, **kwargs)
-    return excinfo.value.problems
-
-
-def import_and_apply(document, **kwargs) -> list[str]:
-    plan = configfile.plan(document, **kwargs)
-    configfile.apply(plan)
-    return [str(change) for change in plan.changes]
 
 
 def policy_item(name: str, **fields) -> dict:

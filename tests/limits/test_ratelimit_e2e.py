@@ -7,13 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from django.conf import settings
 
 from gateway_project import store
 from limits import services
 from limits.compiled import compile_policy
 from limits.models import Consumer, RateLimitPolicy
-from tests.conftest import start_gateway
+from tests.conftest import start_gateway, talking_to
 from tests.support.config import make_route, make_upstream, serve
 
 
@@ -34,23 +33,16 @@ def behind_proxy(tmp_path_factory, redis_server, django_db_setup, django_db_bloc
     gw.stop()
 
 
-def use(gateway):
-    settings.GATEWAY_REDIS_PREFIX = gateway.prefix
-    return gateway
-
-
 @pytest.fixture
 def gw4(four_workers, transactional_db):
-    previous = settings.GATEWAY_REDIS_PREFIX
-    yield use(four_workers)
-    settings.GATEWAY_REDIS_PREFIX = previous
+    with talking_to(four_workers):
+        yield four_workers
 
 
 @pytest.fixture
 def proxied(behind_proxy, transactional_db):
-    previous = settings.GATEWAY_REDIS_PREFIX
-    yield use(behind_proxy)
-    settings.GATEWAY_REDIS_PREFIX = previous
+    with talking_to(behind_proxy):
+        yield behind_proxy
 
 
 def policy(**fields) -> RateLimitPolicy:

@@ -12,13 +12,11 @@ import time
 
 import pytest
 import requests
-from django.conf import settings
 
 from gateway_project import store
 from limits.models import RateLimitPolicy
-from tests.conftest import database_url_for_gateway
+from tests.conftest import talking_to
 from tests.support.config import make_route, make_upstream, serve
-from tests.support.servers import Gateway, RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -28,32 +26,18 @@ BUDGET = 0.5
 
 
 @pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("outage-redis")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory, own_redis, django_db_setup, django_db_blocker):
-    with django_db_blocker.unblock():
-        gw = Gateway(
-            tmp_path_factory.mktemp("outage-gateway"),
-            redis_url=own_redis.url,
-            database_url=database_url_for_gateway(),
-            prefix="outage",
-            workers=2,
-        ).start()
-    yield gw
-    gw.stop()
+def gateway(own_gateway):
+    return own_gateway
 
 
 @pytest.fixture
 def configured(gateway, own_redis, transactional_db, upstream):
     """Three routes whose policies (limit 3 per minute per client) fail open, closed and local."""
-    previous = (settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX)
-    settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = own_redis.url, gateway.prefix
-    store.reset_clients()
+    with talking_to(gateway, own_redis):
+        yield from _configure(gateway, own_redis, upstream)
+
+
+def _configure(gateway, own_redis, upstream):
     backend = make_upstream("backend", upstream.url)
     for mode in ("allow", "deny", "local"):
         route = make_route(mode, f"/{mode}", backend)
@@ -74,8 +58,6 @@ def configured(gateway, own_redis, transactional_db, upstream):
         own_redis.start()
     else:
         own_redis.resume()
-    settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = previous
-    store.reset_clients()
 
 
 def timed(gateway, path: str) -> tuple[int, float]:

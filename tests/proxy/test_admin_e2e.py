@@ -10,10 +10,9 @@ import time
 
 import pytest
 import requests
-from django.conf import settings
 from django.contrib.auth import get_user_model
 
-from tests.conftest import start_gateway
+from tests.conftest import start_gateway, talking_to
 from tests.support.config import make_route, make_upstream, serve
 
 
@@ -37,10 +36,8 @@ def behind_proxy(tmp_path_factory, redis_server, django_db_setup, django_db_bloc
 
 @pytest.fixture
 def proxied(behind_proxy, transactional_db):
-    previous = settings.GATEWAY_REDIS_PREFIX
-    settings.GATEWAY_REDIS_PREFIX = behind_proxy.prefix
-    yield behind_proxy
-    settings.GATEWAY_REDIS_PREFIX = previous
+    with talking_to(behind_proxy):
+        yield behind_proxy
 
 
 def login(gateway, client_address: str) -> requests.Session:

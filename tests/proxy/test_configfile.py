@@ -13,7 +13,7 @@ from django.core.management.base import CommandError
 from proxy import configfile, runtime
 from proxy.configfile import Change, ConfigError
 from proxy.models import ConfigRevision, Route, Upstream
-from tests.support.config import make_route, make_upstream
+from tests.support.config import import_and_apply, make_route, make_upstream, names, plan_text, problems_of
 
 KNOWN = ", ".join(sorted(section.key for section in configfile.sections()))
 
@@ -65,32 +65,12 @@ def db_state():
     )
 
 
-def names(model) -> list[str]:
-    return list(model.objects.order_by("name").values_list("name", flat=True))
-
-
-def plan_text(document, **kwargs) -> list[str]:
-    return [str(change) for change in configfile.plan(document, **kwargs).changes]
-
-
-def problems_of(document, **kwargs) -> list[str]:
-    with pytest.raises(ConfigError) as excinfo:
-        configfile.plan(document, **kwargs)
-    return excinfo.value.problems
-
-
 def upstream_item(name: str, base_url: str = "http://127.0.0.1:9", **fields) -> dict:
     return {"name": name, "base_url": base_url, **fields}
 
 
 def route_item(name: str, path_prefix: str, upstream: str, **fields) -> dict:
     return {"name": name, "path_prefix": path_prefix, "upstream": upstream, **fields}
-
-
-def import_and_apply(document, **kwargs) -> list[str]:
-    plan = configfile.plan(document, **kwargs)
-    configfile.apply(plan)
-    return [str(change) for change in plan.changes]
 
 
 # export / import round trip

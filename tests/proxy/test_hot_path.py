@@ -13,17 +13,15 @@ import time
 import pytest
 import redis
 import requests
-from django.conf import settings
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from breakers import service
-from gateway_project import store
 from limits.models import RateLimitPolicy
-from tests.conftest import database_url_for_gateway
+from tests.conftest import talking_to
 from tests.support.config import make_route, make_upstream, serve
-from tests.support.servers import Gateway, RedisServer
+from tests.support.servers import RedisServer
 
 
 @pytest.fixture
@@ -84,24 +82,8 @@ CLIENT_COMMANDS = frozenset(
 
 
 @pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("hot-path-redis")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory, own_redis, django_db_setup, django_db_blocker):
-    with django_db_blocker.unblock():
-        gw = Gateway(
-            tmp_path_factory.mktemp("hot-path-gateway"),
-            redis_url=own_redis.url,
-            database_url=database_url_for_gateway(),
-            prefix="hot",
-            workers=2,
-        ).start()
-    yield gw
-    gw.stop()
+def gateway(own_gateway):
+    return own_gateway
 
 
 def commandstats(server: RedisServer) -> dict[str, int]:
@@ -118,10 +100,7 @@ def db_queries(gateway) -> float:
 
 @pytest.mark.slow
 def test_under_gunicorn_redis_and_sql_per_request(gateway, own_redis, transactional_db, upstream):
-    previous = (settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX)
-    settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = own_redis.url, gateway.prefix
-    store.reset_clients()
-    try:
+    with talking_to(gateway, own_redis):
         route = make_route("api", "/api", make_upstream("backend", upstream.url))
         RateLimitPolicy.objects.create(name="per-ip", scope="route", route=route, limit=10_000, window_seconds=60)
         serve(gateway)
@@ -134,9 +113,6 @@ def test_under_gunicorn_redis_and_sql_per_request(gateway, own_redis, transactio
             assert session.get(gateway.url("/api/x"), timeout=10).status_code == 200
         elapsed = time.monotonic() - started
         after, queries_after = commandstats(own_redis), db_queries(gateway)
-    finally:
-        settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = previous
-        store.reset_clients()
     delta = {name: after.get(name, 0) - before.get(name, 0) for name in after}
     # Round trips are the commands clients send; commandstats also counts the commands scripts run inside
     # one EVALSHA (zadd, time, hincrby, ...), which cost no round trip.

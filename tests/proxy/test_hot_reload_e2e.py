@@ -6,12 +6,11 @@ import time
 
 import pytest
 import requests
-from django.conf import settings
 
 from gateway_project import store
 from proxy import runtime
 from proxy.models import Route
-from tests.conftest import start_gateway
+from tests.conftest import start_gateway, talking_to
 from tests.support.config import make_route, make_upstream, serve
 
 
@@ -28,10 +27,8 @@ def fleet(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
 
 @pytest.fixture
 def both(fleet, transactional_db):
-    previous = settings.GATEWAY_REDIS_PREFIX
-    settings.GATEWAY_REDIS_PREFIX = fleet[0].prefix
-    yield fleet
-    settings.GATEWAY_REDIS_PREFIX = previous
+    with talking_to(fleet[0]):
+        yield fleet
 
 
 def statuses(gateway, path: str, count: int) -> list[int]:

@@ -10,9 +10,8 @@ import time
 
 import pytest
 import requests
-from django.conf import settings
 
-from tests.conftest import start_gateway
+from tests.conftest import start_gateway, talking_to
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.servers import rss_bytes
 
@@ -32,12 +31,10 @@ def one_worker(tmp_path_factory, redis_server, django_db_setup, django_db_blocke
 
 @pytest.fixture
 def single(one_worker, transactional_db, upstream):
-    previous = settings.GATEWAY_REDIS_PREFIX
-    settings.GATEWAY_REDIS_PREFIX = one_worker.prefix
-    make_route("files", "/files", make_upstream("files", upstream.url, read_timeout=60, deadline=120))
-    serve(one_worker)
-    yield one_worker
-    settings.GATEWAY_REDIS_PREFIX = previous
+    with talking_to(one_worker):
+        make_route("files", "/files", make_upstream("files", upstream.url, read_timeout=60, deadline=120))
+        serve(one_worker)
+        yield one_worker
 
 
 class PeakRss:
