@@ -14,7 +14,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from breakers.policy import CLOSED, BreakerSettings
+from breakers.policy import BreakerSettings
 from gateway_project import store
 
 SCRIPT = (Path(__file__).parent / "lua" / "breaker.lua").read_text()
@@ -126,7 +126,3 @@ def window_counts(upstream_id: int, policy: BreakerSettings) -> tuple[int, int]:
 
 def read(upstream_id: int, name: str, policy: BreakerSettings, client=None) -> View:
     return run("view", upstream_id, name, policy, client=client)
-
-
-def closed_view() -> View:
-    return View(CLOSED, 0, 0, 0.0)

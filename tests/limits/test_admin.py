@@ -14,8 +14,9 @@ from django.utils.html import escape
 from gateway_project import store
 from limits import limiter, services
 from limits.compiled import compile_policy, hash_key
-from limits.models import ApiKey, Consumer, RateLimitPolicy
+from limits.models import ApiKey
 from proxy import runtime
+from tests.support.config import hit, make_consumer, make_policy
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.django_db
@@ -44,28 +45,6 @@ def _in_process(settings, monkeypatch, tmp_path):
     settings.STATIC_ROOT = tmp_path
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # a fast admin_user
     monkeypatch.setattr(runtime, "start", lambda: None)
-
-
-def make_consumer(name: str) -> Consumer:
-    obj = Consumer(name=name)
-    obj.full_clean()
-    obj.save()
-    return obj
-
-
-def make_policy(name: str = "per-ip", **fields) -> RateLimitPolicy:
-    obj = RateLimitPolicy(name=name, **{"limit": 5, "window_seconds": 60, **fields})
-    obj.full_clean()
-    obj.save()
-    return obj
-
-
-def hit(policy: RateLimitPolicy, client_ip: str, times: int = 1) -> str:
-    """Count `times` requests of `client_ip`; return the counter's key."""
-    compiled_policy = compile_policy(policy)
-    for _ in range(times):
-        limiter.check((compiled_policy,), client_ip=client_ip, consumer=None, route_id=1, environ={})
-    return compiled_policy.key_prefix + f"ip:<{client_ip}>"
 
 
 def messages_of(response) -> list[str]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from limits import compiled, limiter, services
+from limits import compiled, services
 from limits.compiled import ConsumerInfo, compile_policy, hash_key
-from limits.models import ApiKey, Consumer, RateLimitPolicy
-from tests.support.config import make_route, make_upstream
+from limits.models import ApiKey, RateLimitPolicy
+from tests.support.config import hit, make_consumer, make_policy, make_route, make_upstream
 
 pytestmark = pytest.mark.django_db
 
@@ -16,26 +16,6 @@ pytestmark = pytest.mark.django_db
 def _redis(redis_prefix):
     """Saves publish the configuration revision, and counters live, in a real Redis under a private prefix."""
     return redis_prefix
-
-
-def make_consumer(name: str = "acme", **fields) -> Consumer:
-    obj = Consumer(name=name, **fields)
-    obj.full_clean()
-    obj.save()
-    return obj
-
-
-def make_policy(name: str = "per-ip", **fields) -> RateLimitPolicy:
-    obj = RateLimitPolicy(name=name, **{"limit": 5, "window_seconds": 60, **fields})
-    obj.full_clean()
-    obj.save()
-    return obj
-
-
-def hit(policy: RateLimitPolicy, client_ip: str, times: int = 1) -> None:
-    compiled_policy = compile_policy(policy)
-    for _ in range(times):
-        limiter.check((compiled_policy,), client_ip=client_ip, consumer=None, route_id=1, environ={})
 
 
 def counter_key(policy: RateLimitPolicy, client_ip: str) -> str:

@@ -53,3 +53,49 @@ def import_and_apply(document, **kwargs) -> list[str]:
     result = configfile.plan(document, **kwargs)
     configfile.apply(result)
     return [str(change) for change in result.changes]
+
+
+def assert_round_trip_is_a_no_op(fmt: str) -> None:
+    """Export, then import the result (with and without pruning): nothing would change."""
+    import json
+
+    from proxy import configfile
+
+    text = configfile.dump(configfile.export_document(), fmt)
+    if fmt == "json":
+        json.loads(text)
+    document = configfile.parse(text)
+    for prune in (False, True):
+        result = configfile.plan(document, prune=prune)
+        assert result.changes == []
+        assert result.saves == []
+        assert result.deletes == []
+
+
+def make_consumer(name: str = "acme", **fields):
+    from limits.models import Consumer
+
+    obj = Consumer(name=name, **fields)
+    obj.full_clean()
+    obj.save()
+    return obj
+
+
+def make_policy(name: str = "per-ip", **fields):
+    from limits.models import RateLimitPolicy
+
+    obj = RateLimitPolicy(name=name, **{"limit": 5, "window_seconds": 60, **fields})
+    obj.full_clean()
+    obj.save()
+    return obj
+
+
+def hit(policy, client_ip: str, times: int = 1) -> str:
+    """Count `times` requests of `client_ip` against `policy` in Redis; return the counter's key."""
+    from limits import limiter
+    from limits.compiled import compile_policy
+
+    compiled_policy = compile_policy(policy)
+    for _ in range(times):
+        limiter.check((compiled_policy,), client_ip=client_ip, consumer=None, route_id=1, environ={})
+    return compiled_policy.key_prefix + f"ip:<{client_ip}>"
