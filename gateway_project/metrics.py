@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 NO_ROUTE, OWN = "(none)", "(gateway)"
@@ -42,97 +42,39 @@ upstream_retries = Counter(
 )
 bytes_in = Counter("gateway_request_body_bytes", "Request body bytes forwarded upstream, by route.", ["route"])
 bytes_out = Counter("gateway_response_body_bytes", "Response body bytes sent to clients, by route.", ["route"])
-ratelimit_decisions = Counter(
-    "gateway_ratelimit_decisions",
-    "Rate-limit decisions by policy: allowed, rejected, shadow_rejected, fallback (Redis unavailable).",
-    ["policy", "decision"],
-)
-breaker_state = Gauge(
-    "gateway_breaker_state",
-    "1 for each upstream's current breaker state (closed, open, half_open), 0 for the others.",
-    ["upstream", "state"],
-    multiprocess_mode="livemostrecent",
-)
-breaker_transitions = Counter(
-    "gateway_breaker_transitions", "Breaker transitions.", ["upstream", "from_state", "to_state"]
-)
-breaker_rejections = Counter("gateway_breaker_rejections", "Requests refused by an open breaker.", ["upstream"])
-breaker_fallbacks = Counter(
-    "gateway_breaker_fallbacks", "Breaker decisions taken by a worker alone, Redis being unavailable.", ["upstream"]
-)
 redis_errors = Counter("gateway_redis_errors", "Redis calls that failed or timed out, by operation.", ["operation"])
 
-_STATES = ("closed", "open", "half_open")
 _children: dict[tuple, object] = {}
 
 
-def _child(metric, *labels):
+def child(metric, *labels):
     """metric.labels(*labels), cached: labels() takes a lock and builds a key on every call."""
     key = (metric, labels)
-    child = _children.get(key)
-    if child is None:
-        child = _children[key] = metric.labels(*labels)
-    return child
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
 
 
 def observe_request(*, route: str, method: str, status: int, seconds: float, body_in: int, body_out: int) -> None:
     method = method if method in METHODS else "OTHER"
-    _child(requests_total, route, method, str(status)).inc()
-    _child(request_duration, route).observe(seconds)
+    child(requests_total, route, method, str(status)).inc()
+    child(request_duration, route).observe(seconds)
     if body_in:
-        _child(bytes_in, route).inc(body_in)
+        child(bytes_in, route).inc(body_in)
     if body_out:
-        _child(bytes_out, route).inc(body_out)
+        child(bytes_out, route).inc(body_out)
 
 
 def observe_upstream(*, upstream: str, seconds: float, retry_reasons: list[str]) -> None:
-    _child(upstream_duration, upstream).observe(seconds)
+    child(upstream_duration, upstream).observe(seconds)
     for reason in retry_reasons:
-        _child(upstream_retries, upstream, reason).inc()
+        child(upstream_retries, upstream, reason).inc()
 
 
-def on_ratelimit(outcome) -> None:
-    for result in outcome.results:
-        _child(ratelimit_decisions, result.policy.name, result.decision).inc()
-    if outcome.redis_error:
-        _child(redis_errors, "ratelimit").inc()
-
-
-def on_breaker(event: str, entry, view, previous: str | None = None) -> None:
-    name = entry.name
-    if event == "state":
-        for state in _STATES:
-            _child(breaker_state, name, state).set(1 if view.state == state else 0)
-    elif event == "transition":
-        _child(breaker_transitions, name, previous or "unknown", view.state).inc()
-    elif event == "rejected":
-        _child(breaker_rejections, name).inc()
-    elif event == "fallback":
-        _child(breaker_fallbacks, name).inc()
-    elif event == "redis_error":
-        _child(redis_errors, "breaker").inc()
-
-
-def on_config_redis_error() -> None:
-    _child(redis_errors, "config").inc()
-
-
-_installed = False
-
-
-def install() -> None:
-    """Subscribe the metrics to the apps' listeners (once per process)."""
-    global _installed
-    if _installed:
-        return
-    _installed = True
-    from breakers import service
-    from limits import limiter
-    from proxy import runtime
-
-    limiter.listeners.append(on_ratelimit)
-    service.listeners.append(on_breaker)
-    runtime.redis_error_listeners.append(on_config_redis_error)
+def redis_error(operation: str) -> None:
+    """Count a failed or timed-out Redis call of one part of the gateway (ratelimit, breaker, config)."""
+    child(redis_errors, operation).inc()
 
 
 def render() -> bytes:

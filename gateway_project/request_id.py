@@ -18,9 +18,8 @@ import structlog
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 
-from gateway_project import metrics
+from gateway_project import client_ip, metrics
 from gateway_project.logging import access_logger
-from proxy import client_ip
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _MAX_LOGGED_PATH = 2048
@@ -33,7 +32,6 @@ class RequestIdMiddleware:
         self.server_timing = settings.GATEWAY_SERVER_TIMING
         self.log_query = settings.GATEWAY_LOG_QUERY
         self.access_log = access_logger()
-        metrics.install()
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         started = time.perf_counter()

@@ -130,6 +130,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_prometheus",
+    "gateway_project.apps.GatewayConfig",
     "proxy",
     "limits",
     "breakers",

@@ -11,10 +11,9 @@ from django.http import HttpRequest, HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from gateway_project import metrics, store
+from gateway_project import metrics, runtime, store
+from gateway_project.client_ip import in_networks
 from gateway_project.responses import json_error
-from proxy import runtime
-from proxy.client_ip import in_networks
 
 
 def healthz(request: HttpRequest) -> HttpResponse:

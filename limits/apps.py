@@ -6,16 +6,15 @@ class LimitsConfig(AppConfig):
     verbose_name = "Consumers and rate limits"
 
     def ready(self) -> None:
-        from limits import compiled, configfile, services
+        from gateway_project import configfile, registry, runtime
+        from limits import compiled, limiter, metrics, services
+        from limits import configfile as sections
         from limits.models import ApiKey, Consumer, RateLimitPolicy
-        from proxy import configfile as proxy_configfile
-        from proxy import runtime
-        from proxy import services as proxy_services
 
         runtime.register(
             "limits", compiled.load, empty=compiled.LimitsConfig(), models=(Consumer, ApiKey, RateLimitPolicy)
         )
-        proxy_configfile.register(configfile.ConsumerSection())
-        proxy_configfile.register(configfile.RateLimitSection())
-        if services.ensure_demo_policy not in proxy_services.demo_hooks:
-            proxy_services.demo_hooks.append(services.ensure_demo_policy)
+        configfile.register(sections.ConsumerSection())
+        configfile.register(sections.RateLimitSection())
+        registry.add(registry.demo_hooks, services.ensure_demo_policy)
+        registry.add(limiter.listeners, metrics.on_outcome)

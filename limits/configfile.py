@@ -7,8 +7,8 @@ from typing import Any
 
 from django.utils.dateparse import parse_datetime
 
+from gateway_project.configfile import Context, Reader, Section, apply_fields, full_check
 from limits.models import ApiKey, Consumer, RateLimitPolicy
-from proxy.configfile import Context, Reader, Section, apply_fields, full_check
 
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 

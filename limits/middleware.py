@@ -10,10 +10,10 @@ import time
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 
+from gateway_project import runtime
 from gateway_project.responses import json_error
 from limits import limiter
 from limits.limiter import PolicyResult
-from proxy import runtime
 
 
 class ApiKeyMiddleware:

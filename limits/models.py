@@ -4,7 +4,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from proxy.validation import validate_name
+from gateway_project.validation import validate_name
 
 #: An exact sliding log holds one entry per allowed request in the window; past this, use GCRA.
 MAX_LOG_LIMIT = 10_000

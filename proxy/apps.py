@@ -6,10 +6,11 @@ class ProxyConfig(AppConfig):
     verbose_name = "Routes and upstreams"
 
     def ready(self) -> None:
-        from proxy import configfile, runtime
+        from gateway_project import configfile, runtime
+        from proxy import configfile as sections
         from proxy.models import Route, Upstream
         from proxy.routing import RouteTable, load_route_table
 
         runtime.register("routes", load_route_table, empty=RouteTable(), models=(Upstream, Route))
-        configfile.register(configfile.UpstreamSection())
-        configfile.register(configfile.RouteSection())
+        configfile.register(sections.UpstreamSection())
+        configfile.register(sections.RouteSection())

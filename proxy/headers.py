@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib3.util import SKIP_HEADER
 
-from proxy.client_ip import normalize
+from gateway_project.client_ip import normalize
 
 HOP_BY_HOP = frozenset(
     {

@@ -17,10 +17,10 @@ from django.http import HttpRequest, HttpResponseBase
 from django.http.request import split_domain_port
 from django.utils.module_loading import import_string
 
+from gateway_project import runtime
+from gateway_project.client_ip import in_networks
 from gateway_project.metrics import OWN
 from gateway_project.responses import json_error
-from proxy import runtime
-from proxy.client_ip import in_networks
 from proxy.paths import BadPath, parse_target
 from proxy.routing import MethodNotAllowed
 from proxy.views import proxy

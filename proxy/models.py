@@ -5,6 +5,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from gateway_project.validation import normalize_statuses, validate_name
 from proxy import validation
 
 
@@ -14,7 +15,7 @@ class Upstream(models.Model):
     name = models.CharField(
         max_length=63,
         unique=True,
-        validators=[validation.validate_name],
+        validators=[validate_name],
         help_text="Unique; used in logs, metrics and breaker state. Letters, digits, '.', '_' and '-'.",
     )
     base_url = models.CharField(
@@ -156,7 +157,7 @@ class Upstream(models.Model):
             errors["base_url"] = exc
         for field in ("retry_on_statuses", "breaker_failure_statuses"):
             try:
-                setattr(self, field, validation.normalize_statuses(getattr(self, field)))
+                setattr(self, field, normalize_statuses(getattr(self, field)))
             except ValidationError as exc:
                 errors[field] = exc
         if errors:
@@ -169,7 +170,7 @@ class Route(models.Model):
     name = models.CharField(
         max_length=63,
         unique=True,
-        validators=[validation.validate_name],
+        validators=[validate_name],
         help_text="Unique; used in logs and metrics.",
     )
     path_prefix = models.CharField(
@@ -276,21 +277,3 @@ class Route(models.Model):
             if mine is None or theirs is None or mine & theirs:
                 return other
         return None
-
-
-class ConfigRevision(models.Model):
-    """A single row counting configuration changes; workers reload their compiled tables when it moves.
-
-    `token` changes with every change and never repeats, so a restored backup or a re-created row (whose
-    revision number may repeat an old one) is still noticed as new.
-    """
-
-    revision = models.BigIntegerField(default=1)
-    token = models.CharField(max_length=32, default="initial")
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        verbose_name = "configuration revision"
-
-    def __str__(self) -> str:
-        return f"revision {self.revision} ({self.token[:8]})"

@@ -154,7 +154,7 @@ def _longest_prefix(table: dict[str, _Group], path: str) -> _Group | None:
 
 
 def compile_upstream(upstream) -> UpstreamTarget:
-    from proxy.validation import parse_statuses
+    from gateway_project.validation import parse_statuses
 
     url = parse_url(upstream.base_url)
     scheme = url.scheme or "http"

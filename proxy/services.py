@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from django.db import transaction
 
+from gateway_project import registry
 from proxy.models import Route, Upstream
 
 DEMO_NAME = "demo"
-
-#: Other apps add their part of the demo here (limits: a rate limit on the demo route). Each gets the demo
-#: route, creates what is missing, and returns lines saying what it created.
-demo_hooks: list[Callable[[Route], list[str]]] = []
 
 
 @transaction.atomic
@@ -39,6 +34,6 @@ def ensure_demo(*, listen_host: str, listen_port: int) -> list[str]:
         route.full_clean()
         route.save()
         created.append(f"Created route {DEMO_NAME!r}: /demo/ -> {upstream.base_url}/")
-    for hook in demo_hooks:
+    for hook in registry.demo_hooks:
         created.extend(hook(route))
     return created

@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 # RFC 3986 pchar without percent-encoding and without ';' (matching ignores ';parameters'): a prefix is
 # compared with the decoded request path.
 PREFIX_RE = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,=:@/]*$")
@@ -25,13 +24,6 @@ BASE_PATH_RE = re.compile(r"^(/([A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*)
 
 #: Methods a route may allow. CONNECT is a forward-proxy verb and TRACE reflects credentials (XST).
 ROUTE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
-
-def validate_name(value: str) -> None:
-    if not NAME_RE.match(value or ""):
-        raise ValidationError(
-            "Use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit.", code="invalid_name"
-        )
 
 
 def normalize_base_url(value: str) -> str:
@@ -120,19 +112,3 @@ def normalize_methods(value: str) -> str:
             code="invalid_method",
         )
     return ",".join(m for m in ROUTE_METHODS if m in tokens)
-
-
-def parse_statuses(value: str) -> frozenset[int]:
-    """A comma-separated list of HTTP status codes in 400-599."""
-    statuses = set()
-    for token in (t.strip() for t in (value or "").split(",")):
-        if not token:
-            continue
-        if not re.fullmatch(r"[0-9]{3}", token) or not 400 <= int(token) <= 599:
-            raise ValidationError(f"{token!r} is not an HTTP status code between 400 and 599.", code="invalid_status")
-        statuses.add(int(token))
-    return frozenset(statuses)
-
-
-def normalize_statuses(value: str) -> str:
-    return ",".join(str(s) for s in sorted(parse_statuses(value)))

@@ -9,8 +9,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from gateway_project import store
-from proxy import runtime
+from gateway_project import runtime, store
 from tests.support.servers import Gateway, RedisServer
 from tests.support.upstream import Upstream
 

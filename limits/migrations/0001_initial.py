@@ -2,7 +2,7 @@
 
 import django.core.validators
 import django.db.models.deletion
-import proxy.validation
+import gateway_project.validation
 from django.db import migrations, models
 
 
@@ -19,7 +19,7 @@ class Migration(migrations.Migration):
             name='Consumer',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(help_text='Unique. Sent upstream in X-Consumer-Name and used to count per-consumer limits.', max_length=63, unique=True, validators=[proxy.validation.validate_name])),
+                ('name', models.CharField(help_text='Unique. Sent upstream in X-Consumer-Name and used to count per-consumer limits.', max_length=63, unique=True, validators=[gateway_project.validation.validate_name])),
                 ('enabled', models.BooleanField(default=True, help_text="A disabled consumer's keys are refused (401).")),
                 ('description', models.TextField(blank=True, default='')),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
@@ -49,7 +49,7 @@ class Migration(migrations.Migration):
             name='RateLimitPolicy',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(help_text='Unique; named in 429 answers, the RateLimit headers, logs and metrics.', max_length=63, unique=True, validators=[proxy.validation.validate_name])),
+                ('name', models.CharField(help_text='Unique; named in 429 answers, the RateLimit headers, logs and metrics.', max_length=63, unique=True, validators=[gateway_project.validation.validate_name])),
                 ('scope', models.CharField(choices=[('global', 'every route'), ('route', 'one route'), ('consumer', 'one consumer')], default='global', max_length=10)),
                 ('key_by', models.CharField(choices=[('ip', 'client IP address'), ('consumer', 'consumer (client IP when anonymous)'), ('header', "a request header's value (client IP when absent)"), ('route', 'the route as a whole')], default='ip', help_text='Each distinct value gets its own counter. IPv6 clients are counted per /64 (GATEWAY_RATELIMIT_IPV6_PREFIX).', max_length=10, verbose_name='count by')),
                 ('header_name', models.CharField(blank=True, default='', help_text='For counting by a header: its name, e.g. X-Tenant. Values are hashed before use.', max_length=100)),

@@ -2,7 +2,7 @@
 
 import django.core.validators
 import django.db.models.deletion
-import proxy.validation
+import gateway_project.validation
 from django.db import migrations, models
 
 
@@ -30,7 +30,7 @@ class Migration(migrations.Migration):
             name='Upstream',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(help_text="Unique; used in logs, metrics and breaker state. Letters, digits, '.', '_' and '-'.", max_length=63, unique=True, validators=[proxy.validation.validate_name])),
+                ('name', models.CharField(help_text="Unique; used in logs, metrics and breaker state. Letters, digits, '.', '_' and '-'.", max_length=63, unique=True, validators=[gateway_project.validation.validate_name])),
                 ('base_url', models.CharField(help_text='http:// or https:// URL, optionally with a base path, e.g. http://orders.internal:8080/v1. No credentials, query string or fragment.', max_length=500, verbose_name='base URL')),
                 ('connect_timeout', models.FloatField(default=2.0, help_text='Seconds to wait for a TCP (and TLS) connection to the upstream.', validators=[django.core.validators.MinValueValidator(0.001), django.core.validators.MaxValueValidator(300)])),
                 ('read_timeout', models.FloatField(default=30.0, help_text='Seconds to wait for the upstream between bytes of its response.', validators=[django.core.validators.MinValueValidator(0.001), django.core.validators.MaxValueValidator(3600)])),
@@ -53,7 +53,7 @@ class Migration(migrations.Migration):
             name='Route',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(help_text='Unique; used in logs and metrics.', max_length=63, unique=True, validators=[proxy.validation.validate_name])),
+                ('name', models.CharField(help_text='Unique; used in logs and metrics.', max_length=63, unique=True, validators=[gateway_project.validation.validate_name])),
                 ('path_prefix', models.CharField(help_text='Requests whose path is this prefix or lies below it match, segment by segment: /api matches /api and /api/users but not /apis. The longest matching prefix wins.', max_length=300)),
                 ('host', models.CharField(blank=True, default='', help_text='Match only this Host (api.example.com, or *.example.com for any subdomain). Empty: any host. A route with a matching host is preferred over one without.', max_length=253)),
                 ('methods', models.CharField(blank=True, default='', help_text='Comma-separated methods this route accepts (GET implies HEAD); empty accepts all. Another method on this prefix answers 405.', max_length=100)),

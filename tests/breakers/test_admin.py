@@ -13,8 +13,7 @@ from django.urls import reverse
 from breakers import services, storage
 from breakers.models import BreakerTransition
 from breakers.policy import CLOSED, DISABLED, FORCED_OPEN, NORMAL, OPEN, SHADOW, settings_from
-from gateway_project import store
-from proxy import runtime
+from gateway_project import runtime, store
 from proxy.models import Upstream
 from tests.support.config import make_upstream
 from tests.support.servers import free_port

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from proxy import configfile
+from gateway_project import configfile
 from proxy.models import Upstream
 from tests.support.config import make_upstream, problems_of
 

@@ -11,11 +11,10 @@ import pytest
 from django.urls import reverse
 from django.utils.html import escape
 
-from gateway_project import store
+from gateway_project import runtime, store
 from limits import limiter, services
 from limits.compiled import compile_policy, hash_key
 from limits.models import ApiKey
-from proxy import runtime
 from tests.support.config import hit, make_consumer, make_policy
 from tests.support.servers import free_port
 

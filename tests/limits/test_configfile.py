@@ -7,11 +7,11 @@ from datetime import timedelta, timezone
 
 import pytest
 
+from gateway_project import configfile
+from gateway_project.configfile import ConfigError
 from limits import services
 from limits.compiled import hash_key
 from limits.models import MAX_LOG_LIMIT, ApiKey, Consumer, RateLimitPolicy
-from proxy import configfile
-from proxy.configfile import ConfigError
 from proxy.models import Route
 from tests.support.config import (
     assert_round_trip_is_a_no_op,

@@ -10,9 +10,10 @@ import yaml
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from proxy import configfile, runtime
-from proxy.configfile import Change, ConfigError
-from proxy.models import ConfigRevision, Route, Upstream
+from gateway_project import configfile, runtime
+from gateway_project.configfile import Change, ConfigError
+from gateway_project.models import ConfigRevision
+from proxy.models import Route, Upstream
 from tests.support.config import (
     assert_round_trip_is_a_no_op,
     import_and_apply,

@@ -7,8 +7,7 @@ import time
 import pytest
 import requests
 
-from gateway_project import store
-from proxy import runtime
+from gateway_project import runtime, store
 from proxy.models import Route
 from tests.conftest import start_gateway, talking_to
 from tests.support.config import make_route, make_upstream, serve

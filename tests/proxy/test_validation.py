@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ValidationError
 
+from gateway_project.validation import normalize_statuses, parse_statuses, validate_name
 from proxy import routing
 from proxy.models import Upstream
 from proxy.validation import (
@@ -13,9 +14,6 @@ from proxy.validation import (
     normalize_host,
     normalize_methods,
     normalize_prefix,
-    normalize_statuses,
-    parse_statuses,
-    validate_name,
 )
 
 

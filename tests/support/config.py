@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy import runtime
+from gateway_project import runtime
 from proxy.models import Route, Upstream
 
 
@@ -31,7 +31,7 @@ def names(model) -> list[str]:
 
 def plan_text(document, **kwargs) -> list[str]:
     """What importing `document` would change, as gateway_import --dry-run prints it."""
-    from proxy import configfile
+    from gateway_project import configfile
 
     return [str(change) for change in configfile.plan(document, **kwargs).changes]
 
@@ -40,7 +40,7 @@ def problems_of(document, **kwargs) -> list[str]:
     """The problems an import of `document` reports (it must report some)."""
     import pytest
 
-    from proxy.configfile import ConfigError, plan
+    from gateway_project.configfile import ConfigError, plan
 
     with pytest.raises(ConfigError) as excinfo:
         plan(document, **kwargs)
@@ -48,7 +48,7 @@ def problems_of(document, **kwargs) -> list[str]:
 
 
 def import_and_apply(document, **kwargs) -> list[str]:
-    from proxy import configfile
+    from gateway_project import configfile
 
     result = configfile.plan(document, **kwargs)
     configfile.apply(result)
@@ -59,7 +59,7 @@ def assert_round_trip_is_a_no_op(fmt: str) -> None:
     """Export, then import the result (with and without pruning): nothing would change."""
     import json
 
-    from proxy import configfile
+    from gateway_project import configfile
 
     text = configfile.dump(configfile.export_document(), fmt)
     if fmt == "json":

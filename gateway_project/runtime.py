@@ -28,7 +28,7 @@ from django.db.models import F
 from django.db.models.signals import post_delete, post_save
 from redis.exceptions import RedisError
 
-from gateway_project import store
+from gateway_project import metrics, store
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,6 @@ class _Loader:
 
 
 _loaders: dict[str, _Loader] = {}
-#: Called (no arguments) whenever a Redis call of the configuration machinery fails; metrics subscribe.
-redis_error_listeners: list = []
 _current = Snapshot(revision=0)
 _lock = threading.Lock()
 
@@ -90,7 +88,7 @@ def _changed(sender, **kwargs) -> None:
 
 def bump() -> int:
     """Count a configuration change; workers pick it up once the surrounding transaction commits."""
-    from proxy.models import ConfigRevision
+    from gateway_project.models import ConfigRevision
 
     token = uuid.uuid4().hex
     with transaction.atomic():
@@ -103,7 +101,7 @@ def bump() -> int:
 
 def db_state() -> tuple[int, str]:
     """(revision, token) of the configuration in the database."""
-    from proxy.models import ConfigRevision
+    from gateway_project.models import ConfigRevision
 
     return ConfigRevision.objects.filter(pk=1).values_list("revision", "token").first() or (0, "")
 
@@ -116,8 +114,7 @@ def publish(token: str) -> None:
     try:
         store.ops_client().set(revision_key(), token, ex=REVISION_TTL)
     except RedisError as exc:
-        for listener in redis_error_listeners:
-            listener()
+        metrics.redis_error("config")
         logger.warning(
             "config change not published to Redis; workers will see it through the database within %.0f s",
             DB_CHECK_INTERVAL,
@@ -127,7 +124,7 @@ def publish(token: str) -> None:
 
 def lock() -> None:
     """Within a transaction: hold the revision row, so no other configuration change commits meanwhile."""
-    from proxy.models import ConfigRevision
+    from gateway_project.models import ConfigRevision
 
     list(ConfigRevision.objects.select_for_update().filter(pk=1))
 
@@ -173,8 +170,7 @@ class Watcher(threading.Thread):
             hinted, redis_ok = (raw.decode() if raw is not None else None), True
         except RedisError:
             hinted, redis_ok = None, False
-            for listener in redis_error_listeners:
-                listener()
+            metrics.redis_error("config")
         since_db = now - self.last_db_check
         if hinted is not None and hinted == _current.token and since_db < DB_CHECK_INTERVAL:
             return

@@ -5,7 +5,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from proxy import configfile, runtime
+from gateway_project import configfile, runtime
 
 
 class Command(BaseCommand):

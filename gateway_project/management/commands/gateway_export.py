@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from proxy import configfile
+from gateway_project import configfile
 
 
 class Command(BaseCommand):

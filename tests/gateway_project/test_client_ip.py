@@ -1,4 +1,4 @@
-"""Who the client is (proxy.client_ip): X-Forwarded-For and X-Forwarded-Proto count only from trusted proxies."""
+"""Who the client is (gateway_project.client_ip): X-Forwarded-For and -Proto count only from trusted proxies."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from ipaddress import ip_network
 
 import pytest
 
-from proxy.client_ip import identify, in_networks, normalize
+from gateway_project.client_ip import identify, in_networks, normalize
 
 
 @pytest.fixture

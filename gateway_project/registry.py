@@ -1,0 +1,21 @@
+"""Extension points the apps fill in their `AppConfig.ready()`, so that the core and the apps never import
+one another's internals.
+
+The configuration parts (`runtime.register`) and file sections (`configfile.register`) have their own
+registration functions; what is left lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+#: `make run`'s demo: after proxy created the demo route, each hook gets it, creates what is missing of its
+#: app's part of the demo, and returns lines saying what it created.
+demo_hooks: list[Callable[[Any], list[str]]] = []
+
+
+def add(hooks: list, hook) -> None:
+    """Append once: `ready()` may run more than once in tests."""
+    if hook not in hooks:
+        hooks.append(hook)
