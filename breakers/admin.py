@@ -9,7 +9,7 @@ from django.views.decorators.http import require_POST
 from redis.exceptions import RedisError
 
 from breakers import services
-from breakers.models import Breaker, BreakerTransition
+from breakers.models import Breaker, BreakerConfig, BreakerTransition
 
 ACTIONS = {
     "reset": "Reset (close and clear counts)",
@@ -18,6 +18,23 @@ ACTIONS = {
     "shadow": "Shadow (count, never reject)",
     "normal": "Back to normal",
 }
+
+
+class BreakerConfigInline(admin.StackedInline):
+    """The breaker's settings on the upstream's page (registered with the core in apps.py)."""
+
+    model = BreakerConfig
+    can_delete = False
+    min_num = 0
+    max_num = 1
+    verbose_name = "circuit breaker"
+    verbose_name_plural = "circuit breaker"
+    fieldsets = (
+        (None, {"fields": ("mode",)}),
+        ("Opens on", {"fields": ("consecutive_failures", "failure_rate", "window_seconds", "minimum_calls")}),
+        ("Counts as a failure", {"fields": ("failure_statuses", "slow_call_ms")}),
+        ("Recovery", {"fields": ("open_seconds", "half_open_probes")}),
+    )
 
 
 @admin.register(Breaker)

@@ -6,7 +6,13 @@ class BreakersConfig(AppConfig):
     verbose_name = "Circuit breakers"
 
     def ready(self) -> None:
-        from breakers import metrics, service
-        from gateway_project import registry
+        from breakers import compiled, gate, metrics
+        from breakers.admin import BreakerConfigInline
+        from breakers.configfile import BreakerFields
+        from breakers.models import BreakerConfig
+        from gateway_project import configfile, registry, runtime
 
-        registry.add(service.listeners, metrics.on_event)
+        runtime.register("breakers", compiled.load, empty=compiled.BreakerBook(), models=(BreakerConfig,))
+        configfile.extend("upstreams", BreakerFields())
+        registry.add(registry.upstream_admin_inlines, BreakerConfigInline)
+        registry.add(gate.listeners, metrics.on_event)

@@ -1,12 +1,12 @@
-"""The breakers' Prometheus metrics, fed by the breaker events (registered in apps.py)."""
+"""The breakers' Prometheus metrics, fed by the breaker events (subscribed in apps.py)."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+from breakers.events import DecidedLocally, Event, RedisFailed, Rejected, StateSeen, Transitioned
+from breakers.policy import State
 from gateway_project import metrics
-
-_STATES = ("closed", "open", "half_open")
 
 breaker_state = Gauge(
     "gateway_breaker_state",
@@ -23,16 +23,16 @@ breaker_fallbacks = Counter(
 )
 
 
-def on_event(event: str, entry, view, previous: str | None = None) -> None:
-    name = entry.name
-    if event == "state":
-        for state in _STATES:
-            metrics.child(breaker_state, name, state).set(1 if view.state == state else 0)
-    elif event == "transition":
-        metrics.child(breaker_transitions, name, previous or "unknown", view.state).inc()
-    elif event == "rejected":
-        metrics.child(breaker_rejections, name).inc()
-    elif event == "fallback":
-        metrics.child(breaker_fallbacks, name).inc()
-    elif event == "redis_error":
-        metrics.redis_error("breaker")
+def on_event(event: Event) -> None:
+    match event:
+        case StateSeen(upstream, current):
+            for state in State:
+                metrics.child(breaker_state, upstream, state).set(1 if state == current else 0)
+        case Transitioned(upstream, from_state, to_state):
+            metrics.child(breaker_transitions, upstream, from_state or "unknown", to_state).inc()
+        case Rejected(upstream):
+            metrics.child(breaker_rejections, upstream).inc()
+        case DecidedLocally(upstream):
+            metrics.child(breaker_fallbacks, upstream).inc()
+        case RedisFailed():
+            metrics.redis_error("breaker")

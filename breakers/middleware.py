@@ -8,7 +8,8 @@ import time
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 
-from breakers import service, sync
+from breakers import gate, sync
+from gateway_project import runtime
 from gateway_project.responses import json_error
 
 
@@ -21,9 +22,9 @@ class BreakerMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         upstream = request.gateway_route.upstream
         started = time.perf_counter()
-        decision = service.check(upstream.id, upstream.name, upstream.breaker)
+        decision = gate.check(upstream.id, upstream.name, runtime.get("breakers").get(upstream.id))
         request.timings["breaker"] = time.perf_counter() - started
-        if isinstance(decision, service.Rejected):
+        if isinstance(decision, gate.Refusal):
             wait = max(1, math.ceil(decision.retry_after))
             request.log["breaker"] = decision.reason
             response = json_error(

@@ -1,17 +1,38 @@
-"""A breaker's settings as the hot path sees them: one immutable object per upstream, built at config load."""
+"""What a breaker is: its states, the operator's modes, and its settings as the hot path sees them.
+
+Settings are one immutable object per upstream, compiled when the configuration loads (`compiled.py`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
-NORMAL, FORCED_OPEN, DISABLED, SHADOW = "normal", "forced_open", "disabled", "shadow"
-CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-MODES = (NORMAL, FORCED_OPEN, DISABLED, SHADOW)
+
+class State(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class Mode(StrEnum):
+    """What an operator set: normal operation, or one of the overrides."""
+
+    NORMAL = "normal"
+    FORCED_OPEN = "forced_open"
+    DISABLED = "disabled"
+    SHADOW = "shadow"
+
+
+CLOSED, OPEN, HALF_OPEN = State.CLOSED, State.OPEN, State.HALF_OPEN
+NORMAL, FORCED_OPEN, DISABLED, SHADOW = Mode.NORMAL, Mode.FORCED_OPEN, Mode.DISABLED, Mode.SHADOW
+MODES = tuple(Mode)
+DEFAULT_FAILURE_STATUSES = frozenset({502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)
 class BreakerSettings:
-    mode: str = NORMAL
+    mode: Mode = NORMAL
     consecutive_failures: int = 5  # 0: off
     failure_rate: int = 50  # percent; 0: off
     window_seconds: int = 60
@@ -19,10 +40,15 @@ class BreakerSettings:
     slow_call_ms: int = 0  # 0: off
     open_seconds: float = 30.0
     half_open_probes: int = 1
-    failure_statuses: frozenset[int] = frozenset({502, 503, 504})
+    failure_statuses: frozenset[int] = DEFAULT_FAILURE_STATUSES
+
+    @property
+    def may_transition(self) -> bool:
+        """Disabled breakers count, as the others do, but never change state."""
+        return self.mode != DISABLED
 
     def script_args(self) -> list[str]:
-        """The settings as the Lua scripts take them (see lua/record.lua)."""
+        """The settings as lua/breaker.lua takes them."""
         return [
             str(self.consecutive_failures),
             str(self.failure_rate),
@@ -30,21 +56,8 @@ class BreakerSettings:
             str(self.minimum_calls),
             str(int(self.open_seconds * 1000)),
             str(self.half_open_probes),
-            "0" if self.mode == DISABLED else "1",
+            "1" if self.may_transition else "0",
         ]
 
 
-def settings_from(upstream) -> BreakerSettings:
-    """Compile an upstream's breaker fields (proxy.models.Upstream, read by attribute name)."""
-    statuses = frozenset(int(s) for s in upstream.breaker_failure_statuses.split(",") if s.strip())
-    return BreakerSettings(
-        mode=upstream.breaker_mode,
-        consecutive_failures=upstream.breaker_consecutive_failures,
-        failure_rate=upstream.breaker_failure_rate,
-        window_seconds=upstream.breaker_window_seconds,
-        minimum_calls=upstream.breaker_minimum_calls,
-        slow_call_ms=upstream.breaker_slow_call_ms,
-        open_seconds=upstream.breaker_open_seconds,
-        half_open_probes=upstream.breaker_half_open_probes,
-        failure_statuses=statuses,
-    )
+DEFAULT = BreakerSettings()

@@ -9,9 +9,14 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from breakers import storage, sync
-from breakers.models import BreakerTransition
-from breakers.policy import MODES, OPEN, settings_from
+from breakers import redis_storage, sync
+from breakers.compiled import settings_from
+from breakers.models import BreakerConfig, BreakerTransition
+from breakers.policy import DEFAULT, MODES, OPEN, BreakerSettings
+from breakers.redis_storage import RedisStorage
+from breakers.storage import BreakerId
+
+_storage = RedisStorage()
 
 
 class UnknownUpstream(LookupError):
@@ -55,8 +60,11 @@ class BreakerStatus:
 
 
 def _upstreams(names: list[str] | None = None):
-    """The named upstreams (all of them for None; none for an empty list); UnknownUpstream for a missing one."""
-    queryset = apps.get_model("proxy", "Upstream").objects.order_by("name")
+    """The named upstreams (all of them for None; none for an empty list); UnknownUpstream for a missing one.
+
+    Upstreams are the proxy app's; breakers know them by id and name, through Django's app registry.
+    """
+    queryset = apps.get_model("proxy", "Upstream").objects.select_related("breaker").order_by("name")
     if names is not None:
         found = {u.name: u for u in queryset.filter(name__in=names)}
         missing = [n for n in names if n not in found]
@@ -66,22 +74,38 @@ def _upstreams(names: list[str] | None = None):
     return list(queryset)
 
 
+def config_of(upstream) -> BreakerConfig | None:
+    try:
+        return upstream.breaker
+    except BreakerConfig.DoesNotExist:
+        return None
+
+
+def policy_of(upstream) -> BreakerSettings:
+    config = config_of(upstream)
+    return DEFAULT if config is None else settings_from(config)
+
+
+def mode_of(upstream) -> str:
+    return policy_of(upstream).mode
+
+
 def live_states(*, names: list[str] | None = None) -> list[BreakerStatus]:
     """Every breaker's live state, read from Redis (and the last transition from the history)."""
     statuses = []
     for upstream in _upstreams(names):
-        policy = settings_from(upstream)
+        policy = policy_of(upstream)
         sync.record_events(upstream.id)
         last = BreakerTransition.objects.filter(upstream_id=upstream.id).first()
         try:
-            view = storage.read(upstream.id, upstream.name, policy)
-            calls, failures = storage.window_counts(upstream.id, policy)
+            view = _storage.view(BreakerId(upstream.id, upstream.name), policy)
+            calls, failures = redis_storage.window_counts(upstream.id, policy)
         except RedisError as exc:  # Redis unavailable: say so per breaker, show the rest
             statuses.append(
                 BreakerStatus(
                     upstream.id,
                     upstream.name,
-                    upstream.breaker_mode,
+                    policy.mode,
                     "unknown",
                     0,
                     0,
@@ -96,7 +120,7 @@ def live_states(*, names: list[str] | None = None) -> list[BreakerStatus]:
             BreakerStatus(
                 upstream.id,
                 upstream.name,
-                upstream.breaker_mode,
+                policy.mode,
                 view.state,
                 view.consec,
                 calls,
@@ -112,7 +136,7 @@ def reset_breakers(*, names: list[str] | None = None, actor: str) -> list[str]:
     """Close the named breakers (all when `names` is None) and clear their counts; returns the names reset."""
     done = []
     for upstream in _upstreams(names):
-        storage.run("reset", upstream.id, upstream.name, settings_from(upstream), extra=actor)
+        _storage.reset(BreakerId(upstream.id, upstream.name), policy_of(upstream), actor=actor)
         sync.record_events(upstream.id)
         done.append(upstream.name)
     return done
@@ -125,19 +149,20 @@ def set_mode(*, names: list[str], mode: str, actor: str) -> list[str]:
         raise ValueError(f"unknown breaker mode {mode!r}; choose one of {', '.join(MODES)}")
     changed = []
     for upstream in _upstreams(names):
-        if upstream.breaker_mode == mode:
+        config = config_of(upstream) or BreakerConfig(upstream=upstream)
+        if config.mode == mode:
             continue
         BreakerTransition.objects.create(
             upstream_id=upstream.id,
             upstream_name=upstream.name,
             kind="mode",
-            from_state=upstream.breaker_mode,
+            from_state=config.mode,
             to_state=mode,
             reason=f"mode set to {mode}",
             actor=actor,
             at=timezone.now(),
         )
-        upstream.breaker_mode = mode
-        upstream.save(update_fields=["breaker_mode", "updated_at"])
+        config.mode = mode
+        config.save()
         changed.append(upstream.name)
     return changed

@@ -1,31 +1,36 @@
-"""The breakers' Redis: the one module of this app that talks to it.
+"""Where a breaker's state lives: one interface, two implementations.
 
-Keys, per upstream, share a hash tag so one script can touch them all on Redis Cluster:
-  {<prefix>:br:<upstream id>}:state    the state hash
-  {<prefix>:br:<upstream id>}:window   failure-rate buckets
-  {<prefix>:br:<upstream id>}:events   transitions not yet written to the database
-Every change that other workers must know of is published on <prefix>:br:changes.
+- `redis_storage.RedisStorage`: the shared state of every worker and instance, each operation one atomic
+  Lua call (lua/breaker.lua), time from Redis.
+- `local_storage.LocalStorage`: one worker's own state in memory, the same state machine on the worker's
+  clock, used while Redis is unavailable.
+
+tests/breakers/test_storage_contract.py runs one suite over both.
+
+Every transition increments the breaker's generation. Results reported with `gen` of an earlier cycle change
+nothing (`gen=None`: not tied to a cycle).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple, Protocol
 
-from django.conf import settings
+from breakers.policy import BreakerSettings, State
 
-from breakers.policy import BreakerSettings
-from gateway_project import store
 
-SCRIPT = (Path(__file__).parent / "lua" / "breaker.lua").read_text()
-_registered: tuple[object, object] | None = None  # (client, script)
+class BreakerId(NamedTuple):
+    """Which breaker: one per upstream, known by the upstream's id and name."""
+
+    id: int
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
 class View:
-    """The shared state as one script call saw it."""
+    """The state as one operation left it."""
 
-    state: str
+    state: State
     gen: int
     consec: int
     open_remaining: float  # seconds until probing may start
@@ -35,94 +40,24 @@ class View:
     from_state: str = ""
 
 
-def keys(upstream_id: int) -> list[str]:
-    tag = f"{{{settings.GATEWAY_REDIS_PREFIX}:br:{upstream_id}}}"
-    return [f"{tag}:state", f"{tag}:window", f"{tag}:events"]
+class BreakerStorage(Protocol):
+    def view(self, breaker: BreakerId, policy: BreakerSettings) -> View:
+        """The current state; writes nothing."""
 
+    def acquire(self, breaker: BreakerId, policy: BreakerSettings) -> View:
+        """Ask to send a request: granted when closed, or as one of the probes once the open time is over."""
 
-def channel() -> str:
-    return f"{settings.GATEWAY_REDIS_PREFIX}:br:changes"
+    def failed(self, breaker: BreakerId, policy: BreakerSettings, *, gen: int | None, what: str) -> View:
+        """Count a failed attempt (`what` failed); may open the breaker."""
 
+    def succeeded(self, breaker: BreakerId, policy: BreakerSettings, *, gen: int | None) -> View:
+        """Count a successful probe, or end a run of consecutive failures."""
 
-def _script(client):
-    global _registered
-    if _registered is None or _registered[0] is not client:
-        _registered = (client, client.register_script(SCRIPT))
-    return _registered[1]
+    def flush(self, breaker: BreakerId, policy: BreakerSettings, *, successes: int) -> View:
+        """Add successes counted meanwhile to the failure-rate window, and judge the rate."""
 
+    def reset(self, breaker: BreakerId, policy: BreakerSettings, *, actor: str) -> View:
+        """Close the breaker and forget its counts (an operator's action)."""
 
-def run(
-    op: str,
-    upstream_id: int,
-    name: str,
-    policy: BreakerSettings,
-    *,
-    gen: int | None = None,
-    extra: str = "",
-    client=None,
-) -> View:
-    """Run one breaker operation; raises redis.RedisError when Redis cannot answer in time."""
-    client = client or store.client()
-    reply = _script(client)(
-        keys=keys(upstream_id),
-        args=[op, "" if gen is None else str(gen), *policy.script_args(), name, channel(), extra, str(upstream_id)],
-    )
-    state, from_state = (r.decode() if isinstance(r, bytes) else r for r in (reply[0], reply[7]))
-    return View(
-        state,
-        int(reply[1]),
-        int(reply[2]),
-        int(reply[3]) / 1000,
-        bool(reply[4]),
-        bool(reply[5]),
-        bool(reply[6]),
-        from_state,
-    )
-
-
-def parse_message(data: bytes | str) -> tuple[int, View] | None:
-    """A published change: 'id|state|gen|consec|open_remaining_ms|transitioned'."""
-    try:
-        text = data.decode() if isinstance(data, bytes) else data
-        upstream_id, state, gen, consec, remaining, transitioned = text.split("|")
-        return int(upstream_id), View(state, int(gen), int(consec), int(remaining) / 1000, True, transitioned == "1")
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def pop_events(upstream_id: int, limit: int = 100) -> list[tuple[int, str, str, str, str]]:
-    """Take transition events off an upstream's list: (at ms, from, to, actor, reason), oldest first."""
-    client = store.ops_client()
-    raw = client.rpop(keys(upstream_id)[2], limit) or []
-    events = []
-    for item in raw:
-        at, from_state, to_state, actor, reason = item.decode().split("|", 4)
-        events.append((int(at), from_state, to_state, actor, reason))
-    return events
-
-
-def restore_events(upstream_id: int, events: list[tuple[int, str, str, str, str]]) -> None:
-    """Put events taken with pop_events back where they were (the database write failed)."""
-    if events:
-        items = ["|".join(str(part) for part in event) for event in reversed(events)]
-        store.ops_client().rpush(keys(upstream_id)[2], *items)
-
-
-def window_counts(upstream_id: int, policy: BreakerSettings) -> tuple[int, int]:
-    """(calls, failures) in the failure-rate window, for operators (includes the newest buckets)."""
-    client = store.ops_client()
-    fields = {k.decode(): int(v) for k, v in client.hgetall(keys(upstream_id)[1]).items()}
-    seconds = client.time()[0]
-    width = max(1, -(-policy.window_seconds // 60))
-    oldest = seconds // width - -(-policy.window_seconds // width)
-    calls = failures = 0
-    for key, value in fields.items():
-        if key.startswith("i") and value >= oldest:
-            slot = key[1:]
-            calls += fields.get(f"c{slot}", 0)
-            failures += fields.get(f"f{slot}", 0)
-    return calls, failures
-
-
-def read(upstream_id: int, name: str, policy: BreakerSettings, client=None) -> View:
-    return run("view", upstream_id, name, policy, client=client)
+    def release(self, breaker: BreakerId, policy: BreakerSettings, *, gen: int | None) -> View:
+        """Give back a probe that never reached the upstream."""

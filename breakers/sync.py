@@ -14,11 +14,13 @@ import os
 import threading
 import time
 from datetime import UTC, datetime
+from functools import partial
 
 from django.db import close_old_connections, connection
 from redis.exceptions import RedisError
 
-from breakers import service, storage
+from breakers import gate, redis_storage
+from breakers.storage import BreakerStorage, View
 from gateway_project import store
 from gateway_project.blocking import run_blocking
 
@@ -30,19 +32,22 @@ SWEEP_EVERY = 10  # sync rounds between drains of every breaker's events
 
 def flush_and_refresh(rounds: int = 0) -> None:
     now = time.monotonic()
-    for found in service.entries():
-        policy = found.policy
+    for found in gate.entries():
         pending, found.pending = found.pending, 0
         # Also for no new successes: re-reads the view, and judges the failure rate once the newest buckets
         # are complete. Entry.call falls back to the worker's own breaker when Redis fails; the successes then
         # wait for the next round.
-        if pending or (now - found.last_used < service.ACTIVE_FOR and now >= found.local_until):
-            found.call("flush", policy, extra=str(pending))
-            if found.local is not None:
+        if pending or (now - found.last_used < gate.ACTIVE_FOR and now >= found.local_until):
+            found.call(partial(_flush, found, pending))
+            if found.on_local:
                 found.pending += pending
         if found.drain or rounds % SWEEP_EVERY == 0:
             found.drain = False
             record_events(found.id)
+
+
+def _flush(found: gate.Entry, successes: int, storage: BreakerStorage) -> View:
+    return storage.flush(found.ref, found.policy, successes=successes)
 
 
 def record_events(upstream_id: int) -> int:
@@ -50,7 +55,7 @@ def record_events(upstream_id: int) -> int:
     from breakers.models import BreakerTransition
 
     try:
-        events = storage.pop_events(upstream_id)
+        events = redis_storage.pop_events(upstream_id)
     except RedisError:
         return 0
     if not events:
@@ -72,7 +77,7 @@ def record_events(upstream_id: int) -> int:
     try:
         run_blocking(_write, rows)
     except Exception:
-        storage.restore_events(upstream_id, events)  # not lost: the next drain tries again
+        redis_storage.restore_events(upstream_id, events)  # not lost: the next drain tries again
         raise
     return len(events)
 
@@ -84,13 +89,8 @@ def _write(rows: list) -> None:
 
 
 def _name_of(upstream_id: int) -> str:
-    for found in service.entries():
-        if found.id == upstream_id:
-            return found.name
-    from django.apps import apps
-
-    upstream = apps.get_model("proxy", "Upstream").objects.filter(pk=upstream_id).first()
-    return upstream.name if upstream is not None else f"#{upstream_id}"
+    found = gate._entries.get(upstream_id)
+    return found.name if found is not None else redis_storage.name_of(upstream_id)
 
 
 class SyncThread(threading.Thread):
@@ -124,27 +124,27 @@ class Subscriber(threading.Thread):
                 logger.info("breaker change feed interrupted; re-reading breakers", extra={"error": str(exc)})
             except Exception:
                 logger.exception("breaker change feed failed; restarting it")
-            service.feed_live = False
+            gate.feed_live = False
             self.stopped.wait(1.0)
 
     def _listen(self) -> None:
         pubsub = store.pubsub_client().pubsub(ignore_subscribe_messages=True)
         try:
-            pubsub.subscribe(storage.channel())
-            service.feed_live = True
+            pubsub.subscribe(redis_storage.channel())
+            gate.feed_live = True
             # Anything published while we were not listening is covered by reading every view again.
-            for found in service.entries():
+            for found in gate.entries():
                 found.local_until = 0.0
                 found.view = None
             while not self.stopped.is_set():
                 message = pubsub.get_message(timeout=1.0)
                 if message is None or message.get("type") != "message":
                     continue
-                parsed = storage.parse_message(message["data"])
+                parsed = redis_storage.parse_message(message["data"])
                 if parsed is None:
                     continue
                 upstream_id, view = parsed
-                found = service._entries.get(upstream_id)
+                found = gate._entries.get(upstream_id)
                 if found is not None:
                     found.adopt(view)
         finally:
@@ -160,6 +160,6 @@ def start() -> None:
     if _started_pid == os.getpid():
         return
     _started_pid = os.getpid()
-    service.feed_live = False
+    gate.feed_live = False
     SyncThread().start()
     Subscriber().start()

@@ -166,6 +166,16 @@ def full_check(obj, item: Reader, *, exclude: tuple[str, ...] = (), locate=None)
             report_validation(item, exc, locate)
 
 
+def set_statuses(obj, field: str, item: Reader, statuses, key: str | None = None) -> None:
+    """Store a document's list of status codes in a model's comma-separated field."""
+    if statuses is None:
+        return
+    if all(isinstance(s, int) and not isinstance(s, bool) for s in statuses):
+        setattr(obj, field, ",".join(str(s) for s in statuses))
+    else:
+        item.problem(key or field, "must be a list of status codes")
+
+
 def report_validation(item: Reader, exc: ValidationError, locate=None) -> None:
     if hasattr(exc, "error_dict"):
         for key, errors in exc.message_dict.items():
@@ -177,7 +187,61 @@ def report_validation(item: Reader, exc: ValidationError, locate=None) -> None:
             item.problem(None, message)
 
 
+class Extension:
+    """Settings another app keeps about a section's objects, nested in each item under `key` (the breakers
+    app's `breaker` mapping in every upstream, say). The owning section never needs to know of it."""
+
+    key: str
+
+    def export(self, obj) -> Any:
+        raise NotImplementedError
+
+    def build(self, item: Reader, obj, ctx: Context) -> None:
+        """Read the nested mapping (`item` reads inside it) and keep what to save on `obj` until save()."""
+        raise NotImplementedError
+
+    def differences(self, obj, current) -> tuple[str, ...]:
+        """What `obj` (as built) changes against `current`, as document paths such as 'breaker.mode'."""
+        raise NotImplementedError
+
+    def save(self, obj) -> None:
+        """Called once `obj` itself is saved."""
+        raise NotImplementedError
+
+
 _sections: list[Section] = []
+_extensions: dict[str, list[Extension]] = {}
+
+
+def extend(section_key: str, extension: Extension) -> None:
+    """Nest `extension` in every item of the section `section_key`."""
+    found = _extensions.setdefault(section_key, [])
+    if all(e.key != extension.key for e in found):
+        found.append(extension)
+
+
+def _build(section: Section, item: Reader, obj, ctx: Context) -> None:
+    section.build(item, obj, ctx)
+    for extension in _extensions.get(section.key, ()):
+        data = item.get(extension.key, dict, {})
+        nested = Reader(data if isinstance(data, dict) else {}, f"{item.where}.{extension.key}", ctx)
+        extension.build(nested, obj, ctx)
+        nested.finish()
+    item.finish()
+
+
+def _export(section: Section, obj) -> dict[str, Any]:
+    item = section.export(obj)
+    for extension in _extensions.get(section.key, ()):
+        item[extension.key] = extension.export(obj)
+    return item
+
+
+def _differences(section: Section, obj, current) -> tuple[str, ...]:
+    changed = section.differences(obj, current)
+    for extension in _extensions.get(section.key, ()):
+        changed += extension.differences(obj, current)
+    return changed
 
 
 def register(section: Section) -> None:
@@ -195,7 +259,7 @@ def export_document() -> dict[str, Any]:
     document: dict[str, Any] = {"version": FORMAT_VERSION}
     for section in _sections:
         objects = sorted(section.queryset(), key=section.name_of)
-        document[section.key] = [section.export(obj) for obj in objects]
+        document[section.key] = [_export(section, obj) for obj in objects]
     return document
 
 
@@ -257,14 +321,13 @@ def plan(document: dict[str, Any], *, prune: bool = False) -> Plan:
             current = existing.get(name)
             obj = section.model.objects.get(pk=current.pk) if current is not None else section.model()
             item = Reader(data, where, ctx)
-            section.build(item, obj, ctx)
-            item.finish()
+            _build(section, item, obj, ctx)
             final[name] = obj
             if current is None:
                 result.changes.append(Change("create", section.key, name))
                 result.saves.append(obj)
             else:
-                changed = section.differences(obj, current)
+                changed = _differences(section, obj, current)
                 if changed:
                     result.changes.append(Change("update", section.key, name, changed))
                     result.saves.append(obj)
@@ -290,6 +353,9 @@ def apply(result: Plan) -> None:
     by_model = {s.model: s for s in _sections}
     with transaction.atomic():
         for obj in result.saves:
-            by_model[type(obj)].save(obj)
+            section = by_model[type(obj)]
+            section.save(obj)
+            for extension in _extensions.get(section.key, ()):
+                extension.save(obj)
         for obj in result.deletes:
             obj.delete()

@@ -19,3 +19,6 @@ def add(hooks: list, hook) -> None:
     """Append once: `ready()` may run more than once in tests."""
     if hook not in hooks:
         hooks.append(hook)
+
+#: Inline admin classes shown on the upstream's admin page (breakers: the breaker's settings).
+upstream_admin_inlines: list[type] = []

@@ -113,14 +113,15 @@ def ops_client() -> redis.Redis:
     return _get("ops")
 
 
-class HotScript:
-    """A Lua script run once per request: EVALSHA on one of this worker's idle connections.
+class Script:
+    """A Lua script, loaded into Redis once and run by its SHA-1 (EVALSHA), loaded again after a restart.
 
-    Measured on this machine under gevent, redis-py's connection pool costs about 30 us per call (a readiness
-    poll of the socket, observability hooks, a lock) and its command layer about 9 us more; for a script run on
-    every proxied request that was a fifth of the gateway's CPU per request. The connections are still redis-py's
-    (protocol, hiredis parsing, the hot-path timeouts); only the checkout is this short stack. A connection that
-    saw an error is closed, never reused. The embedded store goes through its client as usual.
+    Run on the hot path (no `client`): EVALSHA on one of this worker's idle connections. Measured on this
+    machine under gevent, redis-py's connection pool costs about 30 us per call (a readiness poll of the socket,
+    observability hooks, a lock) and its command layer about 9 us more; for a script run on every proxied
+    request that was a fifth of the gateway's CPU per request. The connections are still redis-py's (protocol,
+    hiredis parsing, the hot-path timeouts); only the checkout is this short stack. A connection that saw an
+    error is closed, never reused. With a `client` (operations, tests, the embedded store) it goes through it.
     """
 
     def __init__(self, text: str) -> None:
@@ -129,16 +130,17 @@ class HotScript:
         self.text = text
         self.sha = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
-    def __call__(self, keys: list[str], args: list[str]):
+    def __call__(self, keys: list[str], args: list[str], *, client=None):
         from redis.exceptions import NoScriptError, ResponseError
 
-        if is_embedded(settings.GATEWAY_REDIS_URL):
-            embedded = client()
+        if client is None and is_embedded(settings.GATEWAY_REDIS_URL):
+            client = _get("hot")
+        if client is not None:
             try:
-                return embedded.evalsha(self.sha, len(keys), *keys, *args)
+                return client.evalsha(self.sha, len(keys), *keys, *args)
             except NoScriptError:
-                embedded.script_load(self.text)
-                return embedded.evalsha(self.sha, len(keys), *keys, *args)
+                client.script_load(self.text)
+                return client.evalsha(self.sha, len(keys), *keys, *args)
         connections = _hot_connections()
         connection = connections.acquire()
         try:
@@ -231,9 +233,15 @@ def _hot_connections() -> _HotConnections:
 _connection_stacks: dict[int, _HotConnections] = {}
 
 
-def key(*parts: str) -> str:
+def key(*parts) -> str:
     """A gateway key: the configured prefix, then the parts, joined by ':'."""
-    return ":".join((settings.GATEWAY_REDIS_PREFIX, *parts))
+    return ":".join((settings.GATEWAY_REDIS_PREFIX, *map(str, parts)))
+
+
+def tagged_key(tag: tuple, *parts) -> str:
+    """A key whose prefix and `tag` are a Redis Cluster hash tag, '{<prefix>:<tag>}:<parts>': keys that one
+    script touches together share their tag, so they share a slot."""
+    return ":".join((f"{{{key(*tag)}}}", *map(str, parts)))
 
 
 def reset_clients() -> None:

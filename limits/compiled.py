@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from django.conf import settings
+from gateway_project import store
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ def counter_prefix(policy_id: int, algorithm: str) -> str:
     The braces make the configured prefix a Redis Cluster hash tag: the one script call per request touches the
     counters of several policies, so they must all live in one slot.
     """
-    return f"{{{settings.GATEWAY_REDIS_PREFIX}}}:rl:{policy_id}:{algorithm}:"
+    return store.tagged_key((), "rl", policy_id, algorithm, "")
 
 
 def compile_policy(policy) -> CompiledPolicy:

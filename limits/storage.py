@@ -1,7 +1,7 @@
 """The rate limiter's Redis: the one module of this app that talks to it.
 
 The hot path makes exactly one call per request, `check()`: one EVALSHA of lua/check.lua covering every
-policy that applies (gateway_project.store.HotScript; after a Redis restart the script is loaded again).
+policy that applies (gateway_project.store.Script; after a Redis restart the script is loaded again).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from gateway_project import store
 
 SCRIPT = (Path(__file__).parent / "lua" / "check.lua").read_text()
 
-_script = store.HotScript(SCRIPT)
+_script = store.Script(SCRIPT)
 _member_prefix = os.urandom(6).hex()
 _sequence = itertools.count()
 

@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.db.models import Count
 from django.utils.html import format_html
 
+from gateway_project import registry
 from proxy.models import Route, Upstream
 
 
@@ -36,6 +37,9 @@ class UpstreamAdmin(admin.ModelAdmin):
         ("TLS", {"fields": ("tls_verify",)}),
         ("History", {"fields": ("created_at", "updated_at")}),
     )
+
+    def get_inlines(self, request, obj):
+        return registry.upstream_admin_inlines
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(_route_count=Count("routes"))

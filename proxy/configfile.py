@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import models
-
-from gateway_project.configfile import Context, Reader, Section, apply_fields, full_check
+from gateway_project.configfile import Context, Reader, Section, apply_fields, full_check, set_statuses
+from gateway_project.validation import status_list
 
 
 class UpstreamSection(Section):
@@ -23,23 +22,7 @@ class UpstreamSection(Section):
         ("tls_verify", bool),
         ("enabled", bool),
     )
-    #: The circuit breaker's settings, exported as a nested `breaker` mapping without the prefix.
-    breaker_fields = (
-        ("mode", str),
-        ("consecutive_failures", int),
-        ("failure_rate", int),
-        ("window_seconds", int),
-        ("minimum_calls", int),
-        ("slow_call_ms", int),
-        ("open_seconds", (int, float)),
-        ("half_open_probes", int),
-    )
-    compared = (
-        *(name for name, _ in fields),
-        "retry_on_statuses",
-        *(f"breaker_{name}" for name, _ in breaker_fields),
-        "breaker_failure_statuses",
-    )
+    compared = (*(name for name, _ in fields), "retry_on_statuses")
 
     @property
     def model(self):
@@ -49,43 +32,14 @@ class UpstreamSection(Section):
 
     def export(self, obj) -> dict[str, Any]:
         item = {"name": obj.name, **{name: getattr(obj, name) for name, _ in self.fields}}
-        item["retry_on_statuses"] = _statuses(obj.retry_on_statuses)
-        item["breaker"] = {name: getattr(obj, f"breaker_{name}") for name, _ in self.breaker_fields}
-        item["breaker"]["failure_statuses"] = _statuses(obj.breaker_failure_statuses)
+        item["retry_on_statuses"] = status_list(obj.retry_on_statuses)
         return item
 
     def build(self, item: Reader, obj, ctx: Context) -> None:
         obj.name = item.get("name", str)
         apply_fields(obj, item, self.fields)
-        _set_statuses(obj, "retry_on_statuses", item, item.get("retry_on_statuses", list, [502, 503, 504]))
-        breaker = item.get("breaker", dict, {})
-        nested = Reader(breaker if isinstance(breaker, dict) else {}, f"{item.where}.breaker", ctx)
-        for name, kinds in self.breaker_fields:
-            model_field = obj._meta.get_field(f"breaker_{name}")
-            value = nested.get(name, kinds, model_field.get_default())
-            if isinstance(value, int) and not isinstance(value, bool) and isinstance(model_field, models.FloatField):
-                value = float(value)
-            setattr(obj, f"breaker_{name}", value)
-        _set_statuses(obj, "breaker_failure_statuses", nested, nested.get("failure_statuses", list, [502, 503, 504]))
-        nested.finish()
-        modes = [value for value, _ in obj._meta.get_field("breaker_mode").choices]
-        if obj.breaker_mode not in modes:
-            nested.problem("mode", f"must be one of {', '.join(modes)}")
-            obj.breaker_mode = "normal"  # reported once, here, with the choices spelled out
-        full_check(obj, item, locate=lambda field: field.replace("breaker_", "breaker.", 1))
-
-
-def _statuses(value: str) -> list[int]:
-    return [int(s) for s in value.split(",") if s]
-
-
-def _set_statuses(obj, field: str, item: Reader, statuses) -> None:
-    if statuses is None:
-        return
-    if all(isinstance(s, int) and not isinstance(s, bool) for s in statuses):
-        setattr(obj, field, ",".join(str(s) for s in statuses))
-    else:
-        item.problem(field.removeprefix("breaker_"), "must be a list of status codes")
+        set_statuses(obj, "retry_on_statuses", item, item.get("retry_on_statuses", list, [502, 503, 504]))
+        full_check(obj, item)
 
 
 class RouteSection(Section):

@@ -75,67 +75,6 @@ class Upstream(models.Model):
     )
     enabled = models.BooleanField(default=True, help_text="A disabled upstream answers 503 on every route to it.")
 
-    # Circuit breaker (one per upstream; live state in Redis, see the Breakers page).
-    breaker_mode = models.CharField(
-        "breaker mode",
-        max_length=12,
-        choices=[
-            ("normal", "normal"),
-            ("forced_open", "forced open: reject every request"),
-            ("disabled", "disabled: always pass, still count"),
-            ("shadow", "shadow: count and record transitions, never reject"),
-        ],
-        default="normal",
-        help_text="Set by the breaker actions too (force open, disable, back to normal).",
-    )
-    breaker_consecutive_failures = models.PositiveIntegerField(
-        "open after consecutive failures",
-        default=5,
-        validators=[MaxValueValidator(10_000)],
-        help_text="Open the breaker after this many failed attempts in a row, across all workers. 0: off.",
-    )
-    breaker_failure_rate = models.PositiveSmallIntegerField(
-        "open at failure rate (%)",
-        default=50,
-        validators=[MaxValueValidator(100)],
-        help_text="Open when at least this share of the calls in the window failed. 0: off.",
-    )
-    breaker_window_seconds = models.PositiveIntegerField(
-        "failure-rate window (s)", default=60, validators=[MinValueValidator(2), MaxValueValidator(3600)]
-    )
-    breaker_minimum_calls = models.PositiveIntegerField(
-        "minimum calls",
-        default=20,
-        validators=[MinValueValidator(1)],
-        help_text="The failure rate counts only once the window holds this many calls.",
-    )
-    breaker_slow_call_ms = models.PositiveIntegerField(
-        "slow call (ms)",
-        default=0,
-        help_text="An attempt slower than this (to response headers) counts as a failure. 0: off.",
-    )
-    breaker_open_seconds = models.FloatField(
-        "open for (s)",
-        default=30.0,
-        validators=[MinValueValidator(0.1), MaxValueValidator(86400)],
-        help_text="How long an open breaker rejects before probing.",
-    )
-    breaker_half_open_probes = models.PositiveSmallIntegerField(
-        "probes",
-        default=1,
-        validators=[MinValueValidator(1), MaxValueValidator(100)],
-        help_text="Requests let through, across all workers, to test a recovering upstream. That many "
-        "successes close the breaker; one failure opens it again.",
-    )
-    breaker_failure_statuses = models.CharField(
-        "failure statuses",
-        max_length=200,
-        default="502,503,504",
-        blank=True,
-        help_text="Upstream statuses that count as failures. Connect errors and timeouts always do; 4xx and the "
-        "gateway's own answers never do.",
-    )
-
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -155,11 +94,10 @@ class Upstream(models.Model):
             self.base_url = validation.normalize_base_url(self.base_url)
         except ValidationError as exc:
             errors["base_url"] = exc
-        for field in ("retry_on_statuses", "breaker_failure_statuses"):
-            try:
-                setattr(self, field, normalize_statuses(getattr(self, field)))
-            except ValidationError as exc:
-                errors[field] = exc
+        try:
+            self.retry_on_statuses = normalize_statuses(self.retry_on_statuses)
+        except ValidationError as exc:
+            errors["retry_on_statuses"] = exc
         if errors:
             raise ValidationError(errors)
 

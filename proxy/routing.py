@@ -17,8 +17,6 @@ from django.conf import settings
 from urllib3.util import Retry, Timeout
 from urllib3.util.url import parse_url
 
-from breakers.policy import BreakerSettings, settings_from
-
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # RFC 9110 §9.2.2
 
 
@@ -40,7 +38,6 @@ class UpstreamTarget:
     timeout: Timeout
     enabled: bool
     pool_kwargs: dict[str, Any] = field(default_factory=dict)
-    breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +192,6 @@ def compile_upstream(upstream) -> UpstreamTarget:
         timeout=Timeout(connect=upstream.connect_timeout, read=upstream.read_timeout),
         enabled=upstream.enabled,
         pool_kwargs=pool_kwargs,
-        breaker=settings_from(upstream),
     )
 
 

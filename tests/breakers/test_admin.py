@@ -10,12 +10,11 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.urls import reverse
 
-from breakers import services, storage
+from breakers import services
 from breakers.models import BreakerTransition
-from breakers.policy import CLOSED, DISABLED, FORCED_OPEN, NORMAL, OPEN, SHADOW, settings_from
+from breakers.policy import CLOSED, DISABLED, FORCED_OPEN, NORMAL, OPEN, SHADOW
 from gateway_project import runtime, store
-from proxy.models import Upstream
-from tests.support.config import make_upstream
+from tests.support.config import breaker_modes, breaker_op, make_upstream, set_breaker_mode
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -46,7 +45,7 @@ def upstreams():
     """alpha open (one failure), beta closed."""
     alpha = make_upstream("alpha", breaker_consecutive_failures=1, breaker_open_seconds=300)
     beta = make_upstream("beta")
-    storage.run("fail", alpha.id, alpha.name, settings_from(alpha), extra="status 503")
+    breaker_op("fail", alpha, "status 503")
     return alpha, beta
 
 
@@ -63,7 +62,7 @@ def state_of(name: str) -> str:
 
 
 def mode_of(name: str) -> str:
-    return Upstream.objects.get(name=name).breaker_mode
+    return breaker_modes()[name]
 
 
 def messages_of(response) -> list[str]:
@@ -138,7 +137,7 @@ def test_reset_closes_the_breaker_and_redirects(admin_client, upstreams):
     ],
 )
 def test_mode_actions_change_the_mode_and_redirect(admin_client, upstreams, start, action, message):
-    Upstream.objects.filter(name="beta").update(breaker_mode=start)
+    set_breaker_mode("beta", start)
     response = admin_client.post(reverse(ACT), {"upstream": "beta", "action": action})
     assert response.status_code == 302
     assert response.url == reverse(LIVE)

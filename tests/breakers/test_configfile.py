@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from breakers.models import BreakerConfig
 from gateway_project import configfile
 from proxy.models import Upstream
 from tests.support.config import make_upstream, problems_of
@@ -53,8 +54,9 @@ def document(**breaker) -> dict:
 
 
 def breaker_fields(name: str = "backend") -> dict:
-    values = Upstream.objects.filter(name=name).values().get()
-    return {k: v for k, v in values.items() if k.startswith("breaker_")}
+    """The upstream's stored breaker settings (BreakerConfig), named as the document names them."""
+    values = BreakerConfig.objects.filter(upstream__name=name).values().get()
+    return {k: v for k, v in values.items() if k != "upstream_id"}
 
 
 def apply(doc) -> list[str]:
@@ -95,15 +97,15 @@ def test_an_import_sets_the_breaker_and_names_the_changed_fields(tuned):
     breaker = doc["upstreams"][0]["breaker"]
     breaker.update(mode="forced_open", open_seconds=60, failure_statuses=[503])
     assert apply(doc) == [
-        "update upstream 'backend': breaker_mode, breaker_open_seconds, breaker_failure_statuses",
+        "update upstream 'backend': breaker.mode, breaker.open_seconds, breaker.failure_statuses",
     ]
     fields = breaker_fields()
-    assert (fields["breaker_mode"], fields["breaker_open_seconds"], fields["breaker_failure_statuses"]) == (
+    assert (fields["mode"], fields["open_seconds"], fields["failure_statuses"]) == (
         "forced_open",
         60.0,
         "503",
     )
-    assert isinstance(fields["breaker_open_seconds"], float)
+    assert isinstance(fields["open_seconds"], float)
     assert configfile.plan(configfile.export_document()).changes == []
 
 

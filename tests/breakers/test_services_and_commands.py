@@ -10,17 +10,16 @@ from __future__ import annotations
 import getpass
 import io
 import json
-from dataclasses import replace
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import transaction
 
-from breakers import services, storage
+from breakers import services
 from breakers.models import BreakerTransition
-from breakers.policy import CLOSED, FORCED_OPEN, HALF_OPEN, NORMAL, OPEN, SHADOW, settings_from
+from breakers.policy import CLOSED, FORCED_OPEN, HALF_OPEN, NORMAL, OPEN, SHADOW
 from proxy.models import Upstream
-from tests.support.config import make_upstream
+from tests.support.config import breaker_modes, breaker_op, make_upstream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,9 +45,8 @@ def upstreams() -> dict[str, Upstream]:
     return {"alpha": alpha, "beta": beta, "gamma": gamma}
 
 
-def run(op: str, upstream: Upstream, extra: str, **overrides) -> storage.View:
-    policy = replace(settings_from(upstream), **overrides)
-    return storage.run(op, upstream.id, upstream.name, policy, extra=extra)
+def run(op: str, upstream: Upstream, extra: str, **overrides):
+    return breaker_op(op, upstream, extra, **overrides)
 
 
 def states() -> dict[str, str]:
@@ -138,7 +136,7 @@ def test_reset_of_an_unknown_upstream_resets_nothing(upstreams):
 
 def test_set_mode_records_who_changed_it(upstreams):
     assert services.set_mode(names=["alpha", "beta"], mode=FORCED_OPEN, actor="admin:root") == ["alpha", "beta"]
-    assert dict(Upstream.objects.values_list("name", "breaker_mode")) == {
+    assert breaker_modes() == {
         "alpha": FORCED_OPEN,
         "beta": FORCED_OPEN,
         "gamma": SHADOW,
@@ -164,13 +162,13 @@ def test_set_mode_refuses_unknown_modes_and_upstreams(upstreams):
         services.set_mode(names=["alpha"], mode="sideways", actor="x")
     with pytest.raises(services.UnknownUpstream):
         services.set_mode(names=["alpha", "nope"], mode=FORCED_OPEN, actor="x")
-    assert set(Upstream.objects.values_list("breaker_mode", flat=True)) == {NORMAL, SHADOW}
+    assert set(breaker_modes().values()) == {NORMAL, SHADOW}
     assert not BreakerTransition.objects.filter(kind="mode").exists()
 
 
 def test_set_mode_for_no_upstream_changes_nothing(upstreams):
     assert services.set_mode(names=[], mode=FORCED_OPEN, actor="x") == []
-    assert FORCED_OPEN not in set(Upstream.objects.values_list("breaker_mode", flat=True))
+    assert FORCED_OPEN not in set(breaker_modes().values())
 
 
 # commands

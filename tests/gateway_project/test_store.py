@@ -10,7 +10,7 @@ import redis
 from gateway_project import store
 from tests.support.servers import RedisServer
 
-SCRIPT = store.HotScript("return redis.call('INCR', KEYS[1])")
+SCRIPT = store.Script("return redis.call('INCR', KEYS[1])")
 
 
 @pytest.fixture

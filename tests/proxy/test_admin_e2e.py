@@ -12,6 +12,7 @@ import pytest
 import requests
 from django.contrib.auth import get_user_model
 
+from breakers.models import BreakerConfig
 from tests.conftest import start_gateway, talking_to
 from tests.support.config import make_route, make_upstream, serve
 
@@ -88,10 +89,25 @@ def test_an_operator_adds_a_route_in_the_admin_and_calls_it(proxied, upstream):
             "backoff_jitter": "0.1",
             "retry_on_statuses": "502, 503,504",
             "tls_verify": "on",
+            # The circuit breaker's inline form, as the page sends it.
+            "breaker-TOTAL_FORMS": "1",
+            "breaker-INITIAL_FORMS": "0",
+            "breaker-MIN_NUM_FORMS": "0",
+            "breaker-MAX_NUM_FORMS": "1",
+            "breaker-0-mode": "normal",
+            "breaker-0-consecutive_failures": "3",
+            "breaker-0-failure_rate": "50",
+            "breaker-0-window_seconds": "60",
+            "breaker-0-minimum_calls": "20",
+            "breaker-0-failure_statuses": "502,503,504",
+            "breaker-0-slow_call_ms": "0",
+            "breaker-0-open_seconds": "30",
+            "breaker-0-half_open_probes": "1",
         },
     )
     assert response.status_code == 200
     assert "was added successfully" in response.text
+    assert BreakerConfig.objects.get(upstream__name="orders").consecutive_failures == 3
     upstream_id = re.search(r"/admin/proxy/upstream/(\d+)/change/", response.text).group(1)
 
     bad = admin_post(

@@ -17,7 +17,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from breakers import service
+from breakers import gate
 from limits.models import RateLimitPolicy
 from tests.conftest import talking_to
 from tests.support.config import make_route, make_upstream, serve
@@ -40,7 +40,7 @@ def redis_commands(monkeypatch):
 
 @pytest.fixture
 def routed(db, redis_prefix, reload_config, upstream):
-    service.forget()
+    gate.forget()
     route = make_route("api", "/api", make_upstream("backend", upstream.url))
     reload_config()
     return route

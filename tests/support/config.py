@@ -7,10 +7,25 @@ from proxy.models import Route, Upstream
 
 
 def make_upstream(name: str = "backend", base_url: str = "http://127.0.0.1:9", **fields) -> Upstream:
+    """An upstream; `breaker_<field>=...` set its circuit breaker's settings (a BreakerConfig)."""
+    breaker = {key.removeprefix("breaker_"): fields.pop(key) for key in list(fields) if key.startswith("breaker_")}
     obj = Upstream(name=name, base_url=base_url, **fields)
     obj.full_clean()
     obj.save()
+    if breaker:
+        from breakers.models import BreakerConfig
+
+        config = BreakerConfig(upstream=obj, **breaker)
+        config.full_clean()
+        config.save()
     return obj
+
+
+def breaker_settings(upstream: Upstream):
+    """The compiled breaker settings of an upstream, as the gateway's snapshot holds them."""
+    from breakers import services
+
+    return services.policy_of(Upstream.objects.get(pk=upstream.pk))
 
 
 def make_route(name: str, path_prefix: str, upstream: Upstream, **fields) -> Route:
@@ -99,3 +114,41 @@ def hit(policy, client_ip: str, times: int = 1) -> str:
     for _ in range(times):
         limiter.check((compiled_policy,), client_ip=client_ip, consumer=None, route_id=1, environ={})
     return compiled_policy.key_prefix + f"ip:<{client_ip}>"
+
+
+def breaker_op(op: str, upstream: Upstream, extra: str = "", *, gen: int | None = None, **overrides):
+    """Run one operation on an upstream's shared breaker (in Redis), as the gateway's workers do.
+
+    `op` is the operation's name in the Lua script (view, acquire, fail, ok, flush, reset, release); `extra`
+    what failed, the successes to flush, or who resets; `overrides` change the upstream's settings for the call.
+    """
+    from dataclasses import replace
+
+    from breakers.redis_storage import RedisStorage
+    from breakers.storage import BreakerId
+
+    storage, ref = RedisStorage(), BreakerId(upstream.id, upstream.name)
+    policy = replace(breaker_settings(upstream), **overrides)
+    calls = {
+        "view": lambda: storage.view(ref, policy),
+        "acquire": lambda: storage.acquire(ref, policy),
+        "fail": lambda: storage.failed(ref, policy, gen=gen, what=extra),
+        "ok": lambda: storage.succeeded(ref, policy, gen=gen),
+        "flush": lambda: storage.flush(ref, policy, successes=int(extra or 0)),
+        "reset": lambda: storage.reset(ref, policy, actor=extra),
+        "release": lambda: storage.release(ref, policy, gen=gen),
+    }
+    return calls[op]()
+
+
+def breaker_modes() -> dict[str, str]:
+    """Every upstream's breaker mode, by upstream name."""
+    from breakers import services
+
+    return {u.name: services.mode_of(u) for u in Upstream.objects.select_related("breaker")}
+
+
+def set_breaker_mode(name: str, mode: str) -> None:
+    from breakers.models import BreakerConfig
+
+    BreakerConfig.objects.update_or_create(upstream=Upstream.objects.get(name=name), defaults={"mode": mode})

@@ -1,6 +1,6 @@
-"""breakers.service, in this process, on the suite's real Redis (a private key prefix per test).
+"""breakers.gate, in this process, on the suite's real Redis (a private key prefix per test).
 
-No sync or subscriber thread runs here: what other workers would learn by pub/sub is read with storage.read.
+No sync or subscriber thread runs here: what other workers would learn by pub/sub is read from Redis directly.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import time
 
 import pytest
 
-from breakers import service, storage
-from breakers.local import LocalBreaker
+from breakers import gate, redis_storage
+from breakers.events import DecidedLocally, RedisFailed, Rejected, StateSeen, Transitioned
 from breakers.policy import CLOSED, DISABLED, FORCED_OPEN, HALF_OPEN, OPEN, SHADOW, BreakerSettings
+from breakers.redis_storage import RedisStorage
+from breakers.storage import BreakerId, View
 from gateway_project import store
 from tests.support.servers import free_port
 
@@ -21,36 +23,32 @@ _ids = itertools.count(1)
 
 @pytest.fixture(autouse=True)
 def _fresh(redis_prefix):
-    service.forget()
+    gate.forget()
     yield
-    service.forget()
+    gate.forget()
 
 
 @pytest.fixture
 def redis_calls(monkeypatch) -> list[str]:
     """The ops of every breaker script call the service makes."""
     calls: list[str] = []
-    real = storage.run
+    real = RedisStorage._run
 
-    def counting(op, *args, **kwargs):
-        calls.append(op)
-        return real(op, *args, **kwargs)
+    def counting(self, op, *args, **kwargs):
+        calls.append(str(op))
+        return real(self, op, *args, **kwargs)
 
-    monkeypatch.setattr(storage, "run", counting)
+    monkeypatch.setattr(RedisStorage, "_run", counting)
     return calls
 
 
 @pytest.fixture
 def events():
-    """What the listeners hear: (event, upstream name, state or None, *previous state)."""
-    heard: list[tuple] = []
-
-    def listener(event, entry, view, *previous):
-        heard.append((event, entry.name, view.state if view is not None else None, *previous))
-
-    service.listeners.append(listener)
+    """What the listeners hear."""
+    heard: list = []
+    gate.listeners.append(heard.append)
     yield heard
-    service.listeners.remove(listener)
+    gate.listeners.remove(heard.append)
 
 
 class Upstream:
@@ -59,23 +57,23 @@ class Upstream:
         self.name = f"svc{self.id}"
         self.policy = BreakerSettings(**{"failure_rate": 0, "open_seconds": 30.0, **fields})
 
-    def check(self) -> service.Ticket | service.Rejected:
-        return service.check(self.id, self.name, self.policy)
+    def check(self) -> gate.Ticket | gate.Refusal:
+        return gate.check(self.id, self.name, self.policy)
 
-    def ticket(self) -> service.Ticket:
+    def ticket(self) -> gate.Ticket:
         decision = self.check()
-        assert isinstance(decision, service.Ticket), decision
+        assert isinstance(decision, gate.Ticket), decision
         return decision
 
-    def shared(self) -> storage.View:
-        return storage.read(self.id, self.name, self.policy)
+    def shared(self) -> View:
+        return RedisStorage().view(BreakerId(self.id, self.name), self.policy)
 
 
-def fail(ticket: service.Ticket, status: int = 503) -> None:
+def fail(ticket: gate.Ticket, status: int = 503) -> None:
     ticket.attempt_finished(status=status, error=None, elapsed=0.01)
 
 
-def succeed(ticket: service.Ticket, status: int = 200, elapsed: float = 0.01) -> None:
+def succeed(ticket: gate.Ticket, status: int = 200, elapsed: float = 0.01) -> None:
     ticket.attempt_finished(status=status, error=None, elapsed=elapsed)
 
 
@@ -88,7 +86,7 @@ def test_a_closed_breaker_costs_no_redis_call_after_the_first_view(redis_calls):
         succeed(t)
         assert t.may_continue()
     assert redis_calls == ["view"]
-    assert service.entry(up.id, up.name, up.policy).pending == 20  # left for the sync thread to flush
+    assert gate.entry(up.id, up.name, up.policy).pending == 20  # left for the sync thread to flush
 
 
 def test_a_failing_attempt_is_recorded_and_opens_at_the_threshold(redis_calls):
@@ -106,7 +104,7 @@ def test_a_failing_attempt_is_recorded_and_opens_at_the_threshold(redis_calls):
     rejections = [up.check() for _ in range(5)]
     assert redis_calls == []  # rejected from memory
     for rejected in rejections:
-        assert isinstance(rejected, service.Rejected)
+        assert isinstance(rejected, gate.Refusal)
         assert rejected.reason == OPEN
         assert rejected.upstream == up.name
         assert 0 < rejected.retry_after <= 30
@@ -116,7 +114,7 @@ def test_a_connection_error_is_a_failure():
     up = Upstream(consecutive_failures=1)
     up.ticket().attempt_finished(status=None, error=ConnectionRefusedError(), elapsed=0.001)
     assert up.shared().state == OPEN
-    events = storage.pop_events(up.id)
+    events = redis_storage.pop_events(up.id)
     assert [e[4] for e in events] == ["1 consecutive failures (last: ConnectionRefusedError)"]
 
 
@@ -145,7 +143,7 @@ def test_a_slow_call_is_a_failure_when_slow_call_ms_is_set():
     assert up.shared().consec == 1
     succeed(up.ticket(), elapsed=0.2)
     assert up.shared().state == OPEN
-    (event,) = storage.pop_events(up.id)
+    (event,) = redis_storage.pop_events(up.id)
     assert event[4] == "2 consecutive failures (last: slow call 200 ms)"
 
     unlimited = Upstream(consecutive_failures=1, slow_call_ms=0)
@@ -156,7 +154,7 @@ def test_a_slow_call_is_a_failure_when_slow_call_ms_is_set():
 def test_forced_open_rejects_without_redis(redis_calls):
     up = Upstream(mode=FORCED_OPEN, open_seconds=12.0)
     rejected = up.check()
-    assert isinstance(rejected, service.Rejected)
+    assert isinstance(rejected, gate.Refusal)
     assert (rejected.reason, rejected.retry_after) == (FORCED_OPEN, 12.0)
     assert redis_calls == []
 
@@ -180,20 +178,20 @@ def test_shadow_never_rejects_but_the_shared_state_opens():
         assert ticket.may_continue()
     assert up.shared().state == OPEN
     # In normal mode, the same shared state rejects.
-    normal = service.check(up.id, up.name, BreakerSettings(failure_rate=0, open_seconds=30.0))
-    assert isinstance(normal, service.Rejected)
+    normal = gate.check(up.id, up.name, BreakerSettings(failure_rate=0, open_seconds=30.0))
+    assert isinstance(normal, gate.Refusal)
 
 
 def test_after_the_open_time_one_probe_goes_and_its_success_closes(redis_calls):
     up = Upstream(consecutive_failures=1, open_seconds=0.1, half_open_probes=1)
     fail(up.ticket())
-    assert isinstance(up.check(), service.Rejected)
+    assert isinstance(up.check(), gate.Refusal)
     time.sleep(0.12)
     probe = up.ticket()
     assert (probe.probe, probe.state) == (True, "probe")
     assert redis_calls[-1] == "acquire"
     denied = up.check()
-    assert isinstance(denied, service.Rejected)
+    assert isinstance(denied, gate.Refusal)
     assert denied.reason == HALF_OPEN
     succeed(probe)
     assert redis_calls[-1] == "ok"
@@ -209,14 +207,14 @@ def test_a_failed_probe_reopens():
     fail(probe)
     assert up.shared().state == OPEN
     assert not probe.may_continue()
-    assert isinstance(up.check(), service.Rejected)
+    assert isinstance(up.check(), gate.Refusal)
 
 
 def test_a_view_older_than_the_one_held_is_not_adopted():
     up = Upstream()
-    found = service.entry(up.id, up.name, up.policy)
-    found.adopt(storage.View(OPEN, 3, 0, 30.0, transitioned=True))
-    found.adopt(storage.View(CLOSED, 2, 0, 0.0, transitioned=True))
+    found = gate.entry(up.id, up.name, up.policy)
+    found.adopt(View(OPEN, 3, 0, 30.0, transitioned=True))
+    found.adopt(View(CLOSED, 2, 0, 0.0, transitioned=True))
     assert (found.view.state, found.view.gen) == (OPEN, 3)
     assert found.drain
 
@@ -224,12 +222,12 @@ def test_a_view_older_than_the_one_held_is_not_adopted():
 def test_listeners_hear_state_changes_transitions_and_rejections(events):
     up = Upstream(consecutive_failures=1)
     fail(up.ticket())
-    assert isinstance(up.check(), service.Rejected)
+    assert isinstance(up.check(), gate.Refusal)
     assert events == [
-        ("state", up.name, CLOSED),  # the first view
-        ("state", up.name, OPEN),
-        ("transition", up.name, OPEN, CLOSED),
-        ("rejected", up.name, OPEN),
+        StateSeen(up.name, CLOSED),  # the first view
+        StateSeen(up.name, OPEN),
+        Transitioned(up.name, CLOSED, OPEN),
+        Rejected(up.name),
     ]
 
 
@@ -237,11 +235,10 @@ def test_listeners_hear_no_transition_for_a_change_seen_from_elsewhere(events):
     """Another worker's transition changes this worker's view (state) but is not its transition."""
     up = Upstream(consecutive_failures=1)
     up.ticket()
-    storage.run("fail", up.id, up.name, up.policy, extra="elsewhere")
-    found = service.entry(up.id, up.name, up.policy)
+    RedisStorage().failed(BreakerId(up.id, up.name), up.policy, gen=None, what="elsewhere")
+    found = gate.entry(up.id, up.name, up.policy)
     found.adopt(up.shared())
-    assert [e[0] for e in events] == ["state", "state"]
-    assert events[-1] == ("state", up.name, OPEN)
+    assert events == [StateSeen(up.name, CLOSED), StateSeen(up.name, OPEN)]
 
 
 def test_without_redis_a_local_breaker_still_opens_quickly(settings, events, redis_calls):
@@ -253,21 +250,20 @@ def test_without_redis_a_local_breaker_still_opens_quickly(settings, events, red
         for _ in range(5):
             started = time.monotonic()
             decision = up.check()
-            if isinstance(decision, service.Ticket):
+            if isinstance(decision, gate.Ticket):
                 fail(decision)
             decisions.append(decision)
             assert time.monotonic() - started < 0.5
-        assert [isinstance(d, service.Ticket) for d in decisions] == [True, True, True, False, False]
+        assert [isinstance(d, gate.Ticket) for d in decisions] == [True, True, True, False, False]
         assert decisions[-1].reason == OPEN
-        found = service.entry(up.id, up.name, up.policy)
-        assert isinstance(found.local, LocalBreaker)
-        assert found.local.state == OPEN
+        found = gate.entry(up.id, up.name, up.policy)
+        assert found.on_local
+        assert gate.local.breakers[up.id].state == OPEN
         assert redis_calls == ["view"]  # one attempt, then local decisions until LOCAL_FOR passes
-        heard = [e[0] for e in events]
-        assert heard[0] == "redis_error"
-        assert heard.count("redis_error") == 1
-        assert ("fallback", up.name, OPEN) in events
-        assert ("transition", up.name, OPEN, CLOSED) in events
-        assert heard.count("rejected") == 2
+        assert events[0] == RedisFailed(up.name)
+        assert events.count(RedisFailed(up.name)) == 1
+        assert DecidedLocally(up.name) in events
+        assert Transitioned(up.name, CLOSED, OPEN) in events
+        assert events.count(Rejected(up.name)) == 2
     finally:
         store.reset_clients()

@@ -10,8 +10,8 @@ in use every second, in case a message was lost. So a request to a healthy upstr
 - the first success after failures: one call (resets the consecutive count);
 - open breaker: rejected from memory until probing may start; then one call per request to take a probe.
 
-When Redis does not answer, each worker uses its own LocalBreaker for that upstream (logged and counted)
-instead of failing requests, and goes back to the shared state when Redis answers again.
+When Redis does not answer, each worker uses its own breaker for that upstream (local_storage; logged and
+counted) instead of failing requests, and goes back to the shared state when Redis answers again.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from breakers import storage
-from breakers.local import LocalBreaker
+from breakers.events import DecidedLocally, Event, RedisFailed, Rejected, StateSeen, Transitioned
+from breakers.local_storage import LocalStorage
 from breakers.policy import CLOSED, DISABLED, FORCED_OPEN, OPEN, SHADOW, BreakerSettings
-from breakers.storage import View
+from breakers.redis_storage import RedisStorage
+from breakers.storage import BreakerId, BreakerStorage, View
+from gateway_project.degraded import DegradedLog
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +43,15 @@ ACTIVE_FOR = 60.0
 feed_live: bool | None = None
 STALE_AFTER = 0.2
 
+shared: BreakerStorage = RedisStorage()
+local = LocalStorage()
+_fallback_log = DegradedLog(logger, "Redis unavailable for circuit breakers; using this worker's own breaker")
+
+Operation = Callable[[BreakerStorage], View]
+
 
 @dataclass(frozen=True, slots=True)
-class Rejected:
+class Refusal:
     upstream: str
     retry_after: float
     reason: str
@@ -56,9 +64,9 @@ class Entry:
         "drain",
         "id",
         "last_used",
-        "local",
         "local_until",
         "name",
+        "on_local",
         "open_until",
         "pending",
         "policy",
@@ -73,11 +81,15 @@ class Entry:
         self.view: View | None = None
         self.open_until = 0.0
         self.pending = 0
-        self.local: LocalBreaker | None = None
+        self.on_local = False
         self.local_until = 0.0
         self.last_used = 0.0
         self.drain = False
         self.viewed_at = 0.0
+
+    @property
+    def ref(self) -> BreakerId:
+        return BreakerId(self.id, self.name)
 
     def adopt(self, view: View) -> None:
         """Take a newer view of the shared state (replies and messages may arrive out of order)."""
@@ -93,50 +105,43 @@ class Entry:
         self.viewed_at = now = time.monotonic()
         self.open_until = now + view.open_remaining if view.state == OPEN else 0.0
         if previous is None or previous.state != view.state:
-            _notify("state", self, view)
+            _notify(StateSeen(self.name, view.state))
 
-    def call(self, op: str, policy: BreakerSettings, *, gen: int | None = None, extra: str = "") -> View:
-        """Run `op` on the shared state, or on this worker's own breaker while Redis is unavailable."""
+    def call(self, operation: Operation) -> View:
+        """Run `operation` on the shared state, or on this worker's own breaker while Redis is unavailable."""
         now = time.monotonic()
         if now >= self.local_until:
             try:
-                view = storage.run(op, self.id, self.name, policy, gen=gen, extra=extra)
+                view = operation(shared)
             except RedisError as exc:
                 self.local_until = now + LOCAL_FOR
-                _notify("redis_error", self, None)
-                _note_fallback(self, exc)
+                _notify(RedisFailed(self.name))
+                _fallback_log.note(upstream=self.name, error=str(exc) or type(exc).__name__)
             else:
-                if self.local is not None:
+                if self.on_local:
                     # The local breaker counted its own generations: take the shared view whatever its number.
                     logger.info("breaker back on shared state", extra={"upstream": self.name})
-                    self.local = None
+                    self.on_local = False
+                    local.forget(self.ref)
                     self._set(view)
                 self.adopt(view)
                 if view.transitioned:
-                    _notify("transition", self, view, view.from_state)
+                    _notify(Transitioned(self.name, view.from_state, view.state))
                 return view
-        return self._local_call(op, policy, gen)
+        return self._local_call(operation)
 
-    def _local_call(self, op: str, policy: BreakerSettings, gen: int | None) -> View:
-        if self.local is None:
-            self.local = LocalBreaker()
-        local = self.local
-        # The local breaker counts its own cycles; generations from the shared state do not apply to it.
-        if op == "acquire":
-            view = local.acquire(policy)
-        elif op == "fail":
-            view = local.fail(policy, None)
-        elif op == "ok":
-            view = local.ok(policy, None, probe=True)
-        elif op == "release":
-            view = local.release(policy)
-        else:
-            view = local.view(policy)
-        _notify("fallback", self, view)
-        previous = self.view.state if self.view is not None else ""
+    def _local_call(self, operation: Operation) -> View:
+        if not self.on_local:
+            self.on_local = True
+            local.forget(self.ref)
+            breaker = local.breaker(self.ref)
+            # Tickets issued from the shared state stay valid: start from the generation they carry.
+            breaker.gen = self.view.gen if self.view is not None else 0
+        view = operation(local)
+        _notify(DecidedLocally(self.name))
         self._set(view)
         if view.transitioned:
-            _notify("transition", self, view, previous)
+            _notify(Transitioned(self.name, view.from_state, view.state))
         return view
 
     def current(self, policy: BreakerSettings) -> View:
@@ -144,10 +149,10 @@ class Entry:
         now = time.monotonic()
         if (
             view is None
-            or (self.local is not None and now >= self.local_until)
+            or (self.on_local and now >= self.local_until)
             or (feed_live is False and now - self.viewed_at > STALE_AFTER and now >= self.local_until)
         ):
-            view = self.call("view", policy)
+            view = self.call(lambda storage: storage.view(self.ref, policy))
         return view
 
 
@@ -167,7 +172,8 @@ class Ticket:
     def finish(self) -> None:
         """After the request: a probe whose request never reached the upstream gives its slot back."""
         if self.probe and not self.reported:
-            self.entry.call("release", self.policy, gen=self.gen)
+            entry, gen = self.entry, self.gen
+            entry.call(lambda storage: storage.release(entry.ref, self.policy, gen=gen))
 
     def attempt_finished(self, *, status: int | None, error: Exception | None, elapsed: float) -> None:
         self.reported = True
@@ -181,16 +187,17 @@ class Ticket:
         else:
             self._success()
             return
-        view = self.entry.call("fail", policy, gen=self.gen, extra=what)
+        entry, gen = self.entry, self.gen
+        view = entry.call(lambda storage: storage.failed(entry.ref, policy, gen=gen, what=what))
         self.gen = view.gen
         self.probe = False
 
     def _success(self) -> None:
-        entry = self.entry
+        entry, gen = self.entry, self.gen
         entry.pending += 1
         view = entry.view
         if self.probe or (view is not None and view.state == CLOSED and view.consec > 0):
-            entry.call("ok", self.policy, gen=self.gen)
+            entry.call(lambda storage: storage.succeeded(entry.ref, self.policy, gen=gen))
 
     def may_continue(self) -> bool:
         """False once the breaker is open: retries stop."""
@@ -200,15 +207,13 @@ class Ticket:
 
 _entries: dict[int, Entry] = {}
 _entries_lock = threading.Lock()
-#: Called with (event, entry, view[, previous state]); metrics subscribe. Events: state (this worker's view
-#: of a breaker changed state), transition (this worker's call moved the shared state; with the state before),
-#: rejected, fallback (decided without Redis), redis_error.
-listeners: list[Callable[..., None]] = []
+#: Called with every breakers.events event; metrics subscribe (apps.py).
+listeners: list[Callable[[Event], None]] = []
 
 
-def _notify(event: str, found: Entry, view: View | None, *previous: str) -> None:
+def _notify(event: Event) -> None:
     for listener in listeners:
-        listener(event, found, view, *previous)
+        listener(event)
 
 
 def entry(upstream_id: int, name: str, policy: BreakerSettings) -> Entry:
@@ -222,12 +227,12 @@ def entry(upstream_id: int, name: str, policy: BreakerSettings) -> Entry:
     return found
 
 
-def check(upstream_id: int, name: str, policy: BreakerSettings) -> Ticket | Rejected:
+def check(upstream_id: int, name: str, policy: BreakerSettings) -> Ticket | Refusal:
     """May a request go to this upstream now?"""
     found = entry(upstream_id, name, policy)
     if policy.mode == FORCED_OPEN:
-        return _rejected(found, policy.open_seconds, FORCED_OPEN)
-    found.last_used = now = time.monotonic()
+        return _refused(found, policy.open_seconds, FORCED_OPEN)
+    found.last_used = time.monotonic()
     if policy.mode == DISABLED:
         view = found.view
         return Ticket(found, policy, view.gen if view is not None else None, False, DISABLED)
@@ -237,36 +242,16 @@ def check(upstream_id: int, name: str, policy: BreakerSettings) -> Ticket | Reje
     if view.state == OPEN and (now := time.monotonic()) < found.open_until:
         if policy.mode == SHADOW:
             return Ticket(found, policy, view.gen, False, "shadow:open")
-        return _rejected(found, found.open_until - now, OPEN)
-    view = found.call("acquire", policy)
+        return _refused(found, found.open_until - now, OPEN)
+    view = found.call(lambda storage: storage.acquire(found.ref, policy))
     if view.granted or policy.mode == SHADOW:
         return Ticket(found, policy, view.gen, view.probe, "probe" if view.probe else view.state)
-    return _rejected(found, view.open_remaining or 1.0, view.state)
+    return _refused(found, view.open_remaining or 1.0, view.state)
 
 
-def _rejected(found: Entry, retry_after: float, state: str) -> Rejected:
-    _notify("rejected", found, found.view)
-    return Rejected(found.name, retry_after, state)
-
-
-_fallback_log = {"last": 0.0, "count": 0}
-
-
-def _note_fallback(found: Entry, error: RedisError) -> None:
-    state = _fallback_log
-    state["count"] += 1
-    now = time.monotonic()
-    if now - state["last"] >= 5.0:
-        logger.warning(
-            "Redis unavailable for circuit breakers; using this worker's own breaker",
-            extra={
-                "upstream": found.name,
-                "error": str(error) or type(error).__name__,
-                "fallbacks_since_last_line": state["count"],
-            },
-        )
-        state["last"] = now
-        state["count"] = 0
+def _refused(found: Entry, retry_after: float, state: str) -> Refusal:
+    _notify(Rejected(found.name))
+    return Refusal(found.name, retry_after, state)
 
 
 def entries() -> list[Entry]:
@@ -277,3 +262,4 @@ def forget() -> None:
     """Drop every view (tests; and after the pub/sub connection was lost, views are re-read)."""
     with _entries_lock:
         _entries.clear()
+        local.breakers.clear()
