@@ -1,4 +1,5 @@
-"""gunicorn configuration for the gateway; every value can be set through the environment (README.md).
+"""gunicorn configuration for the gateway; every value comes from the gateway's settings (gateway_project/conf.py),
+read from the environment once, as the workers' Django settings read them.
 
 Worker model: gevent. Each worker is one process running many greenlets, so a worker keeps
 GATEWAY_WORKER_CONNECTIONS (default 1000) requests in flight while they wait on slow upstreams; gthread
@@ -6,7 +7,6 @@ would hold only workers x threads. docs/operations.md has the measurements behin
 """
 
 import logging
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -14,32 +14,33 @@ from pathlib import Path
 
 from gunicorn import glogging
 
-from gateway_project import redis_url
-from gateway_project.env import env_bool, env_float, env_int, env_listen, env_str
+from gateway_project import conf, redis_url
 from gateway_project.logging import build_logging_config
 
+_env = conf.read()
+
 # Decide once, in the master, which Redis the gateway uses, and hand the answer to the workers.
-_redis_url = redis_url.resolve_redis_url(os.environ.get("REDIS_URL"))
+_redis_url = redis_url.resolve_redis_url(_env["REDIS_URL"])
 os.environ["REDIS_URL"] = _redis_url
 _embedded = redis_url.is_embedded(_redis_url)
 
 # Metrics of all workers add up through files in one directory (prometheus_client's multiprocess mode). It
 # must be set before any worker imports prometheus_client; it is emptied at start and removed at exit.
-_metrics_dir = env_str("GATEWAY_METRICS_DIR") or tempfile.mkdtemp(prefix="gateway-metrics-")
-_own_metrics_dir = not os.environ.get("GATEWAY_METRICS_DIR")
+_own_metrics_dir = not _env["GATEWAY_METRICS_DIR"]
+_metrics_dir = _env["GATEWAY_METRICS_DIR"] or tempfile.mkdtemp(prefix="gateway-metrics-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
-_host, _port = env_listen("GATEWAY_LISTEN", "127.0.0.1:8000")
+_host, _port = _env["GATEWAY_LISTEN"]
 bind = [f"[{_host}]:{_port}" if ":" in _host else f"{_host}:{_port}"]
 
 worker_class = "gevent"
-_requested_workers = env_int("GATEWAY_WORKERS", multiprocessing.cpu_count(), minimum=1, maximum=256)
+_requested_workers = _env["GATEWAY_WORKERS"]
 # The embedded store lives inside one process: more workers would each have their own limits and breakers.
 workers = 1 if _embedded else _requested_workers
-worker_connections = env_int("GATEWAY_WORKER_CONNECTIONS", 1000, minimum=1)
-keepalive = env_int("GATEWAY_KEEPALIVE", 5, minimum=0)
-timeout = env_int("GATEWAY_WORKER_TIMEOUT", 30, minimum=1)
-graceful_timeout = env_float("GATEWAY_GRACEFUL_TIMEOUT", 30, minimum=0)
+worker_connections = _env["GATEWAY_WORKER_CONNECTIONS"]
+keepalive = _env["GATEWAY_KEEPALIVE"]
+timeout = _env["GATEWAY_WORKER_TIMEOUT"]
+graceful_timeout = _env["GATEWAY_GRACEFUL_TIMEOUT"]
 preload_app = False
 
 # The gateway decides which peers are trusted proxies (GATEWAY_TRUSTED_PROXIES). gunicorn's own default trusts
@@ -66,12 +67,7 @@ class GatewayLogger(glogging.Logger):
 logger_class = GatewayLogger
 accesslog = None
 errorlog = "-"
-_debug = env_bool("DEBUG", False)
-logconfig_dict = build_logging_config(
-    debug=_debug,
-    fmt=env_str("GATEWAY_LOG_FORMAT", "console" if _debug else "json"),
-    level=env_str("GATEWAY_LOG_LEVEL", "INFO"),
-)
+logconfig_dict = build_logging_config(fmt=_env["GATEWAY_LOG_FORMAT"], level=_env["GATEWAY_LOG_LEVEL"])
 
 
 def on_starting(server):

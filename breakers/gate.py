@@ -33,15 +33,28 @@ from gateway_project.degraded import DegradedLog
 
 logger = logging.getLogger(__name__)
 
-#: After Redis fails, decide locally for this long before trying Redis again (no per-request timeouts).
-LOCAL_FOR = 1.0
-#: Views of breakers used within this many seconds are re-read by the background sync.
-ACTIVE_FOR = 60.0
+
+@dataclass(slots=True)
+class Timing:
+    """The gate's clocks, from the settings (configure())."""
+
+    fallback_for: float = 1.0  # after Redis fails, decide locally this long before trying Redis again
+    active_for: float = 60.0  # breakers used this recently are re-read by the background sync
+    stale_after: float = 0.2  # without the change feed, a view older than this is read again before use
+
+
+timing = Timing()
 #: Whether this worker hears the change feed (pub/sub). None: this process runs no background sync
 #: (management commands, in-process tests) and takes views as they are. False: the feed is not (yet) connected,
-#: so a view older than STALE_AFTER seconds is read again before it is used.
+#: so a view older than timing.stale_after is read again before it is used.
 feed_live: bool | None = None
-STALE_AFTER = 0.2
+
+
+def configure(*, fallback_for: float, active_for: float) -> None:
+    """Take the gate's timing from the settings; the breaker middleware calls it when it is built."""
+    timing.fallback_for = fallback_for
+    timing.active_for = active_for
+
 
 shared: BreakerStorage = RedisStorage()
 local = LocalStorage()
@@ -114,7 +127,7 @@ class Entry:
             try:
                 view = operation(shared)
             except RedisError as exc:
-                self.local_until = now + LOCAL_FOR
+                self.local_until = now + timing.fallback_for
                 _notify(RedisFailed(self.name))
                 _fallback_log.note(upstream=self.name, error=str(exc) or type(exc).__name__)
             else:
@@ -150,7 +163,7 @@ class Entry:
         if (
             view is None
             or (self.on_local and now >= self.local_until)
-            or (feed_live is False and now - self.viewed_at > STALE_AFTER and now >= self.local_until)
+            or (feed_live is False and now - self.viewed_at > timing.stale_after and now >= self.local_until)
         ):
             view = self.call(lambda storage: storage.view(self.ref, policy))
         return view

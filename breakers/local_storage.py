@@ -107,9 +107,7 @@ class LocalBreaker:
         if self.state == CLOSED:
             self.consec += 1
             threshold = policy.consecutive_failures
-            if policy.may_transition and (
-                (threshold and self.consec >= threshold) or self._rate_exceeded(policy, now)
-            ):
+            if policy.may_transition and ((threshold and self.consec >= threshold) or self._rate_exceeded(policy, now)):
                 self._transition(OPEN, now)
                 transitioned = True
         elif self.state == HALF_OPEN and policy.may_transition:

@@ -9,24 +9,27 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 
 from breakers import gate, sync
-from gateway_project import runtime
 from gateway_project.responses import json_error
 
 
 class BreakerMiddleware:
     def __init__(self, get_response) -> None:
         self.get_response = get_response
+        gate.configure(
+            fallback_for=settings.GATEWAY_BREAKER_FALLBACK_SECONDS, active_for=settings.GATEWAY_BREAKER_ACTIVE_SECONDS
+        )
         if settings.GATEWAY_CONFIG_WATCH:
             sync.start()
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        upstream = request.gateway_route.upstream
+        ctx = request.gateway
+        upstream = ctx.route.upstream
         started = time.perf_counter()
-        decision = gate.check(upstream.id, upstream.name, runtime.get("breakers").get(upstream.id))
-        request.timings["breaker"] = time.perf_counter() - started
+        decision = gate.check(upstream.id, upstream.name, ctx.snapshot["breakers"].get(upstream.id))
+        ctx.timings["breaker"] = time.perf_counter() - started
         if isinstance(decision, gate.Refusal):
             wait = max(1, math.ceil(decision.retry_after))
-            request.log["breaker"] = decision.reason
+            ctx.log["breaker"] = decision.reason
             response = json_error(
                 request,
                 503,
@@ -37,8 +40,8 @@ class BreakerMiddleware:
             )
             response["Retry-After"] = str(wait)
             return response
-        request.breaker_observer = decision
-        request.log["breaker"] = decision.state
+        ctx.attempt_observer = decision
+        ctx.log["breaker"] = decision.state
         try:
             return self.get_response(request)
         finally:

@@ -16,6 +16,7 @@ import time
 from datetime import UTC, datetime
 from functools import partial
 
+from django.conf import settings
 from django.db import close_old_connections, connection
 from redis.exceptions import RedisError
 
@@ -26,8 +27,8 @@ from gateway_project.blocking import run_blocking
 
 logger = logging.getLogger(__name__)
 
-SYNC_INTERVAL = 1.0
-SWEEP_EVERY = 10  # sync rounds between drains of every breaker's events
+#: Sync rounds between drains of every breaker's events (a breaker that transitioned is drained at once).
+SWEEP_EVERY = 10
 
 
 def flush_and_refresh(rounds: int = 0) -> None:
@@ -37,7 +38,7 @@ def flush_and_refresh(rounds: int = 0) -> None:
         # Also for no new successes: re-reads the view, and judges the failure rate once the newest buckets
         # are complete. Entry.call falls back to the worker's own breaker when Redis fails; the successes then
         # wait for the next round.
-        if pending or (now - found.last_used < gate.ACTIVE_FOR and now >= found.local_until):
+        if pending or (now - found.last_used < gate.timing.active_for and now >= found.local_until):
             found.call(partial(_flush, found, pending))
             if found.on_local:
                 found.pending += pending
@@ -94,13 +95,14 @@ def _name_of(upstream_id: int) -> str:
 
 
 class SyncThread(threading.Thread):
-    def __init__(self) -> None:
+    def __init__(self, interval: float) -> None:
         super().__init__(name="gateway-breaker-sync", daemon=True)
-        self.stopped = threading.Event()
+        self.interval = interval
 
     def run(self) -> None:
         rounds = 0
-        while not self.stopped.wait(SYNC_INTERVAL):
+        while True:
+            time.sleep(self.interval)
             rounds += 1
             try:
                 flush_and_refresh(rounds)
@@ -114,10 +116,9 @@ class SyncThread(threading.Thread):
 class Subscriber(threading.Thread):
     def __init__(self) -> None:
         super().__init__(name="gateway-breaker-subscriber", daemon=True)
-        self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.is_set():
+        while True:
             try:
                 self._listen()
             except (RedisError, OSError) as exc:
@@ -125,7 +126,7 @@ class Subscriber(threading.Thread):
             except Exception:
                 logger.exception("breaker change feed failed; restarting it")
             gate.feed_live = False
-            self.stopped.wait(1.0)
+            time.sleep(1.0)
 
     def _listen(self) -> None:
         pubsub = store.pubsub_client().pubsub(ignore_subscribe_messages=True)
@@ -136,7 +137,7 @@ class Subscriber(threading.Thread):
             for found in gate.entries():
                 found.local_until = 0.0
                 found.view = None
-            while not self.stopped.is_set():
+            while True:
                 message = pubsub.get_message(timeout=1.0)
                 if message is None or message.get("type") != "message":
                     continue
@@ -161,5 +162,5 @@ def start() -> None:
         return
     _started_pid = os.getpid()
     gate.feed_live = False
-    SyncThread().start()
+    SyncThread(settings.GATEWAY_BREAKER_SYNC_INTERVAL).start()
     Subscriber().start()

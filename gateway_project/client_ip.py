@@ -12,8 +12,6 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 
-from django.conf import settings
-
 #: The client of a request whose trusted proxy's X-Forwarded-For names no usable untrusted address. It is in no
 #: network, so it reaches neither the admin nor /metrics; rate limits count such requests together.
 UNKNOWN = "unknown"
@@ -45,13 +43,13 @@ def in_networks(address: str, networks: tuple) -> bool:
     return bool(networks) and _in_networks(address, networks)
 
 
-def identify(environ: dict) -> tuple[str, bool, str]:
-    """(client address, whether the peer is a trusted proxy, scheme the client used)."""
+def identify(environ: dict, trusted: tuple) -> tuple[str, bool, str]:
+    """(client address, whether the peer is a trusted proxy, scheme the client used); `trusted` is
+    GATEWAY_TRUSTED_PROXIES."""
     peer = environ.get("REMOTE_ADDR", "")
     if ":" in peer and "." in peer:
         peer = normalize(peer) or peer
     scheme = environ.get("wsgi.url_scheme", "http")
-    trusted = settings.GATEWAY_TRUSTED_PROXIES
     if not trusted or not _in_networks(peer, trusted):
         return peer, False, scheme
     forwarded_for = environ.get("HTTP_X_FORWARDED_FOR", "").strip()

@@ -20,5 +20,6 @@ def add(hooks: list, hook) -> None:
     if hook not in hooks:
         hooks.append(hook)
 
+
 #: Inline admin classes shown on the upstream's admin page (breakers: the breaker's settings).
 upstream_admin_inlines: list[type] = []

@@ -8,5 +8,10 @@ from django.http import HttpResponse
 
 
 def json_error(request, status: int, error: str, message: str, **extra) -> HttpResponse:
-    body = {"error": error, "message": message, **extra, "request_id": getattr(request, "id", None)}
+    body = {
+        "error": error,
+        "message": message,
+        **extra,
+        "request_id": request.gateway.id if hasattr(request, "gateway") else None,
+    }
     return HttpResponse(json.dumps(body), status=status, content_type="application/json")

@@ -32,8 +32,8 @@ from gateway_project import metrics, store
 
 logger = logging.getLogger(__name__)
 
+#: The revision's key in Redis outlives any outage worth waiting for; the database check covers the rest.
 REVISION_TTL = 24 * 3600
-DB_CHECK_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def publish(token: str) -> None:
         metrics.redis_error("config")
         logger.warning(
             "config change not published to Redis; workers will see it through the database within %.0f s",
-            DB_CHECK_INTERVAL,
+            settings.GATEWAY_CONFIG_DB_CHECK_INTERVAL,
             extra={"error": str(exc)},
         )
 
@@ -148,14 +148,15 @@ def load() -> Snapshot:
 
 
 class Watcher(threading.Thread):
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, db_check_interval: float) -> None:
         super().__init__(name="gateway-config-watcher", daemon=True)
         self.interval = interval
-        self.stopped = threading.Event()
+        self.db_check_interval = db_check_interval
         self.last_db_check = 0.0
 
     def run(self) -> None:
-        while not self.stopped.wait(self.interval):
+        while True:
+            time.sleep(self.interval)
             try:
                 self.poll()
             except Exception:
@@ -172,7 +173,7 @@ class Watcher(threading.Thread):
             hinted, redis_ok = None, False
             metrics.redis_error("config")
         since_db = now - self.last_db_check
-        if hinted is not None and hinted == _current.token and since_db < DB_CHECK_INTERVAL:
+        if hinted is not None and hinted == _current.token and since_db < self.db_check_interval:
             return
         if not redis_ok and since_db < 1.0:
             return
@@ -184,13 +185,12 @@ class Watcher(threading.Thread):
             publish(token)
 
 
-_watcher: Watcher | None = None
 _watcher_pid: int | None = None
 
 
 def start() -> None:
     """Load the configuration and, unless GATEWAY_CONFIG_WATCH is off, follow it (once per process)."""
-    global _watcher, _watcher_pid
+    global _watcher_pid
     if _watcher_pid == os.getpid():
         return
     _watcher_pid = os.getpid()
@@ -200,5 +200,4 @@ def start() -> None:
         logger.exception("initial configuration load failed; retrying in the background")
         connection.close()
     if settings.GATEWAY_CONFIG_WATCH:
-        _watcher = Watcher(settings.GATEWAY_CONFIG_POLL_INTERVAL)
-        _watcher.start()
+        Watcher(settings.GATEWAY_CONFIG_POLL_INTERVAL, settings.GATEWAY_CONFIG_DB_CHECK_INTERVAL).start()

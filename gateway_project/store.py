@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 
+from gateway_project.http import still_open
 from gateway_project.redis_url import is_embedded
 
 if TYPE_CHECKING:  # redis is imported lazily: gunicorn.conf.py uses this module before gevent patches sockets
@@ -64,7 +64,7 @@ def _build(kind: str) -> redis.Redis:
         max_connections = settings.GATEWAY_REDIS_MAX_CONNECTIONS
     else:
         connect_timeout = socket_timeout = settings.GATEWAY_REDIS_OPS_TIMEOUT
-        max_connections = 16
+        max_connections = settings.GATEWAY_REDIS_OPS_MAX_CONNECTIONS
     pool = redis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -187,7 +187,7 @@ class _HotConnections:
             raise redis.ConnectionError(f"all {self.limit} hot-path Redis connections stayed busy")
         while self.idle:
             connection = self.idle.pop()
-            if _still_open(connection):
+            if still_open(getattr(connection, "_sock", None)):
                 return connection
             connection.disconnect()
         return self.connection_class(**self.kwargs)
@@ -199,25 +199,6 @@ class _HotConnections:
     def discard(self, connection) -> None:
         connection.disconnect()
         self.slots.release()
-
-
-def _still_open(connection) -> bool:
-    sock = getattr(connection, "_sock", None)
-    if sock is None:
-        return True  # not connected yet: it connects on first use
-    timeout = sock.gettimeout()
-    try:
-        sock.settimeout(0.0)
-        sock.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return True  # nothing to read: open and idle
-    except ValueError:
-        return True  # TLS sockets cannot peek; let the command find out
-    except OSError:
-        return False
-    finally:
-        sock.settimeout(timeout)
-    return False  # end of file, or bytes nobody asked for
 
 
 def _hot_connections() -> _HotConnections:

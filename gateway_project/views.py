@@ -48,7 +48,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus exposition. Not public: loopback (GATEWAY_METRICS_ALLOWED_NETWORKS) or a bearer token."""
     token = settings.GATEWAY_METRICS_TOKEN
     presented = request.META.get("HTTP_AUTHORIZATION", "")
-    allowed = in_networks(request.client_ip, settings.GATEWAY_METRICS_ALLOWED_NETWORKS) or (
+    allowed = in_networks(request.gateway.client_ip, settings.GATEWAY_METRICS_ALLOWED_NETWORKS) or (
         token and hmac.compare_digest(presented.encode(), f"Bearer {token}".encode())
     )
     if not allowed:

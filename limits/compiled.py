@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from gateway_project import store
+from gateway_project.http import environ_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ def compile_policy(policy) -> CompiledPolicy:
     algorithm = "L" if policy.algorithm == "sliding_log" else "G"
     burst = policy.burst or policy.limit
     shadow = policy.mode == "shadow"
-    header_key = "HTTP_" + policy.header_name.upper().replace("-", "_") if policy.header_name else ""
+    header_key = environ_key(policy.header_name) if policy.header_name else ""
     return CompiledPolicy(
         id=policy.id,
         name=policy.name,

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from django.conf import settings
 from redis.exceptions import RedisError
 
+from gateway_project.degraded import DegradedLog
 from limits import storage
 from limits.compiled import CompiledPolicy, ConsumerInfo, hash_key
 from limits.local import LocalLimiter
@@ -24,7 +23,6 @@ from limits.local import LocalLimiter
 logger = logging.getLogger(__name__)
 
 ALLOWED, REJECTED, SHADOW_REJECTED, FALLBACK = "allowed", "rejected", "shadow_rejected", "fallback"
-_FALLBACK_LOG_INTERVAL = 5.0
 
 
 @dataclass(slots=True)
@@ -55,10 +53,20 @@ class Outcome:
         return ",".join(f"{r.policy.name}:{r.decision}" for r in self.results)
 
 
+#: IPv4 and IPv6 network sizes counted as one client (GATEWAY_RATELIMIT_IPV4_PREFIX, _IPV6_PREFIX).
+_client_networks = (32, 64)
+
+
+def configure(*, ipv4_prefix: int, ipv6_prefix: int) -> None:
+    """Take the limiter's settings; the rate-limit middleware calls it when it is built."""
+    global _client_networks
+    _client_networks = (ipv4_prefix, ipv6_prefix)
+
+
 #: Called with every Outcome (metrics subscribe here).
 listeners: list[Callable[[Outcome], None]] = []
 _local = LocalLimiter()
-_fallback_state = {"last_logged": 0.0, "since": 0}
+_fallback_log = DegradedLog(logger, "Redis unavailable for rate limits; applying each policy's failure mode")
 
 
 @lru_cache(maxsize=65536)
@@ -87,7 +95,7 @@ def bucket(policy: CompiledPolicy, *, client_ip: str, consumer: ConsumerInfo | N
         if value:
             # Hashed and cut to 16 hex digits: any header value costs the same few bytes in Redis.
             return f"header:<{hash_key(value)[:16]}>"
-    ip = _ip_bucket(client_ip, settings.GATEWAY_RATELIMIT_IPV4_PREFIX, settings.GATEWAY_RATELIMIT_IPV6_PREFIX)
+    ip = _ip_bucket(client_ip, *_client_networks)
     return f"ip:<{ip}>"
 
 
@@ -165,22 +173,5 @@ def _fallback(policies: tuple[CompiledPolicy, ...], keys: list[str], error: Redi
                 _local.hit(
                     key, algorithm=policy.algorithm, limit=policy.limit, window=policy.window, burst=policy.burst
                 )
-    _log_fallback(outcome, error)
+    _fallback_log.note(error=str(error) or type(error).__name__, policies=outcome.summary())
     return outcome
-
-
-def _log_fallback(outcome: Outcome, error: RedisError) -> None:
-    state = _fallback_state
-    state["since"] += 1
-    now = time.monotonic()
-    if now - state["last_logged"] >= _FALLBACK_LOG_INTERVAL:
-        logger.warning(
-            "Redis unavailable for rate limits; applying each policy's failure mode",
-            extra={
-                "error": str(error) or type(error).__name__,
-                "fallbacks_since_last_line": state["since"],
-                "policies": outcome.summary(),
-            },
-        )
-        state["last_logged"] = now
-        state["since"] = 0

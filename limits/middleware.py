@@ -10,7 +10,7 @@ import time
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 
-from gateway_project import runtime
+from gateway_project.http import environ_key
 from gateway_project.responses import json_error
 from limits import limiter
 from limits.limiter import PolicyResult
@@ -22,20 +22,21 @@ class ApiKeyMiddleware:
     def __init__(self, get_response) -> None:
         self.get_response = get_response
         self.header = settings.GATEWAY_API_KEY_HEADER
-        self.environ_key = "HTTP_" + self.header.upper().replace("-", "_")
+        self.environ_key = environ_key(self.header)
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        ctx = request.gateway
         presented = request.META.get(self.environ_key)
-        consumer = runtime.get("limits").consumer_for_key(presented) if presented else None
-        request.consumer = consumer
-        if consumer is None and request.gateway_route.require_api_key:
+        consumer = ctx.snapshot["limits"].consumer_for_key(presented) if presented else None
+        ctx.consumer = consumer
+        if consumer is None and ctx.route.require_api_key:
             message = f"This route needs a valid API key in the {self.header} header."
             response = json_error(request, 401, "unauthorized" if presented else "api_key_required", message)
             response["WWW-Authenticate"] = f'ApiKey header="{self.header}"'
-            request.log["auth"] = "invalid_key" if presented else "missing_key"
+            ctx.log["auth"] = "invalid_key" if presented else "missing_key"
             return response
         if consumer is not None:
-            request.log["consumer"] = consumer.name
+            ctx.log["consumer"] = consumer.name
         return self.get_response(request)
 
 
@@ -44,20 +45,23 @@ class RateLimitMiddleware:
 
     def __init__(self, get_response) -> None:
         self.get_response = get_response
+        limiter.configure(
+            ipv4_prefix=settings.GATEWAY_RATELIMIT_IPV4_PREFIX, ipv6_prefix=settings.GATEWAY_RATELIMIT_IPV6_PREFIX
+        )
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        route = request.gateway_route
-        consumer = getattr(request, "consumer", None)
-        policies = runtime.get("limits").policies_for(route.id, consumer)
+        ctx = request.gateway
+        route, consumer = ctx.route, ctx.consumer
+        policies = ctx.snapshot["limits"].policies_for(route.id, consumer)
         if not policies:
             return self.get_response(request)
         started = time.perf_counter()
         outcome = limiter.check(
-            policies, client_ip=request.client_ip, consumer=consumer, route_id=route.id, environ=request.META
+            policies, client_ip=ctx.client_ip, consumer=consumer, route_id=route.id, environ=request.META
         )
-        request.timings["ratelimit"] = time.perf_counter() - started
-        request.ratelimit = outcome
-        request.log["ratelimit"] = outcome.summary()
+        ctx.timings["ratelimit"] = time.perf_counter() - started
+        ctx.ratelimit = outcome
+        ctx.log["ratelimit"] = outcome.summary()
         if outcome.rejected is not None:
             return self._rejected(request, outcome.rejected)
         if outcome.unavailable is not None:

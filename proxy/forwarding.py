@@ -9,11 +9,9 @@ with jitter) and `get_retry_after`.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 import urllib3
 from django.conf import settings
@@ -30,16 +28,17 @@ from urllib3.exceptions import (
 )
 from urllib3.response import BaseHTTPResponse
 
+from gateway_project.context import AttemptObserver
+from gateway_project.http import still_open
 from proxy.routing import UpstreamTarget
 
 
 class UpstreamFailed(Exception):
     """No usable response: `timeout` is True when time ran out (504), False when the upstream failed (502)."""
 
-    def __init__(self, message: str, *, timeout: bool, attempts: int, retry_reasons: list[str]) -> None:
+    def __init__(self, message: str, *, timeout: bool, retry_reasons: list[str]) -> None:
         super().__init__(message)
         self.timeout = timeout
-        self.attempts = attempts
         self.retry_reasons = retry_reasons
 
     @property
@@ -55,18 +54,9 @@ class BodyTooLarge(ClientBodyError):
     """A body without Content-Length grew past the route's limit while it was being forwarded."""
 
 
-class AttemptObserver(Protocol):
-    """Told about every attempt (retries included); the circuit breaker implements it."""
-
-    def attempt_finished(self, *, status: int | None, error: Exception | None, elapsed: float) -> None: ...
-
-    def may_continue(self) -> bool: ...
-
-
 @dataclass(slots=True)
 class Exchange:
     response: BaseHTTPResponse
-    attempts: int
     retry_reasons: list[str]  # why each retry happened: connect, read_timeout, protocol, status_503, ...
     upstream_seconds: float
 
@@ -79,27 +69,12 @@ class KeepAliveHTTPConnection(HTTPConnection):
     """urllib3's plain-HTTP connection with a cheaper liveness check.
 
     Before reusing a pooled keep-alive connection, urllib3 asks whether the upstream closed it by polling the
-    socket for readability. Under gevent a poll builds hub watchers on every call (about 4 % of a worker's time
-    here). A non-blocking one-byte peek answers the same question with one system call: nothing to read means
-    the connection is still open; end of file, unexpected bytes or an error mean it is not.
+    socket for readability; gateway_project.http.still_open answers with one peek instead.
     """
 
     @property
     def is_connected(self) -> bool:
-        sock = self.sock
-        if sock is None:
-            return False
-        timeout = sock.gettimeout()
-        try:
-            sock.settimeout(0.0)
-            sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        finally:
-            sock.settimeout(timeout)
-        return False
+        return self.sock is not None and still_open(self.sock)
 
 
 class KeepAliveHTTPConnectionPool(HTTPConnectionPool):
@@ -177,13 +152,11 @@ def send(
     retry = upstream.retry if replayable else upstream.retry.new(read=0, status=0)
     started = clock()
     deadline = started + upstream.deadline
-    attempts = 0
     reasons: list[str] = []
     while True:
         remaining = deadline - clock()
         if remaining <= 0:
-            raise UpstreamFailed("deadline exceeded", timeout=True, attempts=attempts, retry_reasons=reasons)
-        attempts += 1
+            raise UpstreamFailed("deadline exceeded", timeout=True, retry_reasons=reasons)
         attempt_started = clock()
         try:
             response = pool.urlopen(
@@ -209,7 +182,7 @@ def send(
         except HTTPError as error:
             if observer is not None:
                 observer.attempt_finished(status=None, error=error, elapsed=clock() - attempt_started)
-            failed = UpstreamFailed(str(error), timeout=_is_timeout(error), attempts=attempts, retry_reasons=reasons)
+            failed = UpstreamFailed(str(error), timeout=_is_timeout(error), retry_reasons=reasons)
             try:
                 retry = retry.increment(method, url, error=error)
             except (MaxRetryError, HTTPError):
@@ -228,7 +201,7 @@ def send(
             try:
                 next_retry = retry.increment(method, url, response=response)
             except MaxRetryError:
-                return Exchange(response, attempts, reasons, clock() - started)
+                return Exchange(response, reasons, clock() - started)
             try:
                 wait = next_retry.get_retry_after(response)
             except InvalidHeader:
@@ -237,10 +210,10 @@ def send(
                 wait = next_retry.get_backoff_time()
             # A Retry-After (or backoff) longer than the time left ends the retries: relay this answer.
             if clock() + wait >= deadline or (observer is not None and not observer.may_continue()):
-                return Exchange(response, attempts, reasons, clock() - started)
+                return Exchange(response, reasons, clock() - started)
             discard(response)
             reasons.append(f"status_{status}")
             retry = next_retry
             sleep(wait)
             continue
-        return Exchange(response, attempts, reasons, clock() - started)
+        return Exchange(response, reasons, clock() - started)

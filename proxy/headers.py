@@ -10,6 +10,7 @@ from __future__ import annotations
 from urllib3.util import SKIP_HEADER
 
 from gateway_project.client_ip import normalize
+from gateway_project.http import environ_key
 
 HOP_BY_HOP = frozenset(
     {
@@ -54,11 +55,7 @@ FORWARDED_FAMILY = "HTTP_X_FORWARDED_"
 GATEWAY_RESPONSE_HEADERS = frozenset({"server", "date", "x-request-id"})
 
 
-def _environ_key(name: str) -> str:
-    return "HTTP_" + name.upper().replace("-", "_")
-
-
-_DROP_REQUEST_KEYS = frozenset(_environ_key(n) for n in HOP_BY_HOP | GATEWAY_REQUEST_HEADERS)
+_DROP_REQUEST_KEYS = frozenset(environ_key(n) for n in HOP_BY_HOP | GATEWAY_REQUEST_HEADERS)
 _DROP_RESPONSE = HOP_BY_HOP | GATEWAY_RESPONSE_HEADERS
 _NAME_CACHE: dict[str, str] = {}
 _NAME_CACHE_MAX = 4096
@@ -82,7 +79,7 @@ def connection_tokens(value: str | None) -> set[str]:
 
 def request_drop_keys(*names: str) -> frozenset[str]:
     """The environ keys of request headers never forwarded: hop-by-hop, the gateway's own, and `names`."""
-    return _DROP_REQUEST_KEYS | {_environ_key(name) for name in names}
+    return _DROP_REQUEST_KEYS | {environ_key(name) for name in names}
 
 
 def upstream_request_headers(
@@ -104,7 +101,7 @@ def upstream_request_headers(
     """
     connection = environ.get("HTTP_CONNECTION")
     if connection:
-        drop = drop | {_environ_key(token) for token in connection_tokens(connection)}
+        drop = drop | {environ_key(token) for token in connection_tokens(connection)}
     headers: dict[str, str] = {}
     for key, value in environ.items():
         if key.startswith("HTTP_") and key not in drop and not key.startswith(FORWARDED_FAMILY):

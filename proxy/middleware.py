@@ -19,11 +19,11 @@ from django.utils.module_loading import import_string
 
 from gateway_project import runtime
 from gateway_project.client_ip import in_networks
-from gateway_project.metrics import OWN
+from gateway_project.context import OWN
 from gateway_project.responses import json_error
 from proxy.paths import BadPath, parse_target
 from proxy.routing import MethodNotAllowed
-from proxy.views import proxy
+from proxy.views import ProxyView
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +49,16 @@ class RouteMiddleware:
         self.admin_prefixes = settings.GATEWAY_ADMIN_PREFIXES
         self.admin_networks = settings.GATEWAY_ADMIN_ALLOWED_NETWORKS
         self.demo = settings.GATEWAY_DEMO
-        self.pipeline = build_pipeline(settings.GATEWAY_PIPELINE, proxy)
+        self.pipeline = build_pipeline(settings.GATEWAY_PIPELINE, ProxyView.from_settings())
         runtime.start()
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        ctx = request.gateway
         path = request.path_info
         own = _under(path, self.reserved)
         if own is not None:
-            request.route_label = OWN
-            if _under(path, self.admin_prefixes) and not in_networks(request.client_ip, self.admin_networks):
+            ctx.route_label = OWN
+            if _under(path, self.admin_prefixes) and not in_networks(ctx.client_ip, self.admin_networks):
                 return json_error(request, 403, "forbidden", "The admin is not reachable from this address.")
             if own == "/_demo" and not self.demo:
                 return json_error(request, 404, "no_route", "No route matches this request.")
@@ -73,16 +74,17 @@ class RouteMiddleware:
             return json_error(request, 400, "bad_host", "The Host header is not one this gateway serves.")
         # The name Django validated: lower case, without port or trailing dot ("api.example.com." is that host).
         hostname = split_domain_port(host)[0]
-        match = runtime.get("routes").match(hostname, target.path, request.method)
+        ctx.snapshot = snapshot = runtime.current()
+        match = snapshot["routes"].match(hostname, target.path, request.method)
         if match is None:
             return json_error(request, 404, "no_route", "No route matches this request.")
         if isinstance(match, MethodNotAllowed):
             response = json_error(request, 405, "method_not_allowed", f"This route accepts {', '.join(match.allowed)}.")
             response["Allow"] = ", ".join(match.allowed)
             return response
-        request.gateway_route = match
-        request.route_label = match.name
-        request.gateway_target = target
+        ctx.route = match
+        ctx.route_label = match.name
+        ctx.target = target
         try:
             return self.pipeline(request)
         except Exception:

@@ -72,35 +72,121 @@ class UpstreamBody:
         response.release_conn()
 
 
-def _request_body(request: HttpRequest, limit: int):
-    """(body, replayable, chunked) for urllib3, or an error response for a body we will not forward."""
-    environ = request.environ
-    stream = environ["wsgi.input"]
-    length_header = environ.get("CONTENT_LENGTH")
-    if length_header:
+class ProxyView:
+    """The end of the gateway pipeline, built once per worker with its settings."""
+
+    def __init__(self, *, retry_buffer: int, via: str, consumer_header: str) -> None:
+        self.retry_buffer = retry_buffer
+        self.via = via
+        self.consumer_header = consumer_header
+
+    @classmethod
+    def from_settings(cls) -> ProxyView:
+        return cls(
+            retry_buffer=settings.GATEWAY_RETRY_BUFFER_BYTES,
+            via=settings.GATEWAY_VIA,
+            consumer_header=settings.GATEWAY_CONSUMER_HEADER,
+        )
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        ctx = request.gateway
+        route = ctx.route
+        upstream = route.upstream
+        if not upstream.enabled:
+            return json_error(request, 503, "upstream_disabled", "This upstream is disabled.", upstream=upstream.name)
+
         try:
-            length = int(length_header)
-        except ValueError:
-            length = -1
-        if length < 0:
-            return json_error(request, 400, "bad_request", "Content-Length is not a valid length."), False, False
-        if limit and length > limit:
-            return _too_large(request, limit), False, False
-        if length <= settings.GATEWAY_RETRY_BUFFER_BYTES:
-            data = _read_exactly(stream, length)
-            if data is None:
-                return json_error(request, 400, "bad_request", "The request body ended early."), False, False
-            return data, True, False
-        return _stream_fixed(request, stream, length), False, False
-    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-        buffer_limit = settings.GATEWAY_RETRY_BUFFER_BYTES
-        head = _read(stream, buffer_limit + 1)
-        if limit and len(head) > limit:
-            return _too_large(request, limit), False, False
-        if len(head) <= buffer_limit:
-            return head, True, False
-        return _stream_chunked(request, stream, head, limit), False, True
-    return None, True, False
+            body, replayable, chunked = self._request_body(request, ctx, route.max_body_bytes)
+        except ClientBodyError as exc:
+            ctx.log.update(client_error=str(exc))
+            return json_error(request, 400, "bad_request", "The request body could not be read.")
+        if isinstance(body, HttpResponseBase):
+            return body
+        if isinstance(body, bytes):
+            ctx.bytes_in = len(body)
+
+        target = ctx.target
+        url = route.forward_path(target.raw_path)
+        if target.query:
+            url = f"{url}?{target.query}"
+        consumer = ctx.consumer
+        upstream_headers = headers.upstream_request_headers(
+            request.environ,
+            drop=route.drop_keys,
+            host_header=upstream.host_header,
+            client_ip=ctx.client_ip,
+            peer_trusted=ctx.peer_trusted,
+            scheme=request.environ.get("wsgi.url_scheme", "http"),
+            request_id=ctx.id,
+            via=self.via,
+            prefix=route.prefix if route.strip_prefix and route.depth else None,
+            consumer=(self.consumer_header, consumer.name) if consumer is not None else None,
+        )
+        if not replayable and not chunked:
+            upstream_headers["Content-Length"] = request.environ["CONTENT_LENGTH"]
+
+        started = time.perf_counter()
+        try:
+            exchange = forwarding.send(
+                upstream,
+                request.method,
+                url,
+                upstream_headers,
+                body,
+                replayable=replayable,
+                chunked=chunked,
+                observer=ctx.attempt_observer,
+            )
+        except UpstreamFailed as exc:
+            elapsed = ctx.timings["upstream"] = time.perf_counter() - started
+            metrics.observe_upstream(upstream=upstream.name, seconds=elapsed, retry_reasons=exc.retry_reasons)
+            ctx.log.update(retries=exc.retries, upstream_ms=round(elapsed * 1000, 3), upstream_error=str(exc))
+            if exc.timeout:
+                return json_error(
+                    request, 504, "upstream_timeout", "The upstream did not answer in time.", upstream=upstream.name
+                )
+            return json_error(
+                request, 502, "upstream_unavailable", "The upstream could not be reached.", upstream=upstream.name
+            )
+        except BodyTooLarge:
+            return _too_large(request, route.max_body_bytes)
+        except ClientBodyError as exc:
+            ctx.log.update(client_error=str(exc))
+            return json_error(request, 400, "bad_request", "The request body could not be read.")
+
+        elapsed = ctx.timings["upstream"] = exchange.upstream_seconds
+        metrics.observe_upstream(upstream=upstream.name, seconds=elapsed, retry_reasons=exchange.retry_reasons)
+        ctx.log.update(retries=exchange.retries, upstream_ms=round(elapsed * 1000, 3))
+        return _relay(request, ctx, exchange.response)
+
+    def _request_body(self, request: HttpRequest, ctx, limit: int):
+        """(body, replayable, chunked) for urllib3, or an error response for a body we will not forward."""
+        environ = request.environ
+        stream = environ["wsgi.input"]
+        length_header = environ.get("CONTENT_LENGTH")
+        if length_header:
+            try:
+                length = int(length_header)
+            except ValueError:
+                length = -1
+            if length < 0:
+                return json_error(request, 400, "bad_request", "Content-Length is not a valid length."), False, False
+            if limit and length > limit:
+                return _too_large(request, limit), False, False
+            if length <= self.retry_buffer:
+                data = _read_exactly(stream, length)
+                if data is None:
+                    return json_error(request, 400, "bad_request", "The request body ended early."), False, False
+                return data, True, False
+            return _stream_fixed(ctx, stream, length), False, False
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            head = _read(stream, self.retry_buffer + 1)
+            if limit and len(head) > limit:
+                return _too_large(request, limit), False, False
+            if len(head) <= self.retry_buffer:
+                return head, True, False
+            return _stream_chunked(ctx, stream, head, limit), False, True
+        return None, True, False
 
 
 def _too_large(request: HttpRequest, limit: int) -> HttpResponse:
@@ -131,102 +217,31 @@ def _read_exactly(stream, length: int) -> bytes | None:
     return b"".join(parts)
 
 
-def _stream_fixed(request: HttpRequest, stream, length: int):
+def _stream_fixed(ctx, stream, length: int):
     remaining = length
     while remaining:
         data = _read(stream, min(remaining, CHUNK))
         if not data:
             raise ClientBodyError("the client closed the request body early")
         remaining -= len(data)
-        request.bytes_in += len(data)
+        ctx.bytes_in += len(data)
         yield data
 
 
-def _stream_chunked(request: HttpRequest, stream, head: bytes, limit: int):
-    request.bytes_in += len(head)
+def _stream_chunked(ctx, stream, head: bytes, limit: int):
+    ctx.bytes_in += len(head)
     yield head
     while True:
         data = _read(stream, CHUNK)
         if not data:
             return
-        request.bytes_in += len(data)
-        if limit and request.bytes_in > limit:
+        ctx.bytes_in += len(data)
+        if limit and ctx.bytes_in > limit:
             raise BodyTooLarge(f"the request body exceeded {limit} bytes")
         yield data
 
 
-def proxy(request: HttpRequest) -> HttpResponseBase:
-    route = request.gateway_route
-    upstream = route.upstream
-    if not upstream.enabled:
-        return json_error(request, 503, "upstream_disabled", "This upstream is disabled.", upstream=upstream.name)
-
-    try:
-        body, replayable, chunked = _request_body(request, route.max_body_bytes)
-    except ClientBodyError as exc:
-        request.log.update(client_error=str(exc))
-        return json_error(request, 400, "bad_request", "The request body could not be read.")
-    if isinstance(body, HttpResponseBase):
-        return body
-    if isinstance(body, bytes):
-        request.bytes_in = len(body)
-
-    target = request.gateway_target
-    url = route.forward_path(target.raw_path)
-    if target.query:
-        url = f"{url}?{target.query}"
-    consumer = getattr(request, "consumer", None)
-    upstream_headers = headers.upstream_request_headers(
-        request.environ,
-        drop=route.drop_keys,
-        host_header=upstream.host_header,
-        client_ip=request.client_ip,
-        peer_trusted=request.peer_trusted,
-        scheme=request.environ.get("wsgi.url_scheme", "http"),
-        request_id=request.id,
-        via=settings.GATEWAY_VIA,
-        prefix=route.prefix if route.strip_prefix and route.depth else None,
-        consumer=(settings.GATEWAY_CONSUMER_HEADER, consumer.name) if consumer is not None else None,
-    )
-    if not replayable and not chunked:
-        upstream_headers["Content-Length"] = request.environ["CONTENT_LENGTH"]
-
-    started = time.perf_counter()
-    try:
-        exchange = forwarding.send(
-            upstream,
-            request.method,
-            url,
-            upstream_headers,
-            body,
-            replayable=replayable,
-            chunked=chunked,
-            observer=getattr(request, "breaker_observer", None),
-        )
-    except UpstreamFailed as exc:
-        elapsed = request.timings["upstream"] = time.perf_counter() - started
-        metrics.observe_upstream(upstream=upstream.name, seconds=elapsed, retry_reasons=exc.retry_reasons)
-        request.log.update(retries=exc.retries, upstream_ms=round(elapsed * 1000, 3), upstream_error=str(exc))
-        if exc.timeout:
-            return json_error(
-                request, 504, "upstream_timeout", "The upstream did not answer in time.", upstream=upstream.name
-            )
-        return json_error(
-            request, 502, "upstream_unavailable", "The upstream could not be reached.", upstream=upstream.name
-        )
-    except BodyTooLarge:
-        return _too_large(request, route.max_body_bytes)
-    except ClientBodyError as exc:
-        request.log.update(client_error=str(exc))
-        return json_error(request, 400, "bad_request", "The request body could not be read.")
-
-    elapsed = request.timings["upstream"] = exchange.upstream_seconds
-    metrics.observe_upstream(upstream=upstream.name, seconds=elapsed, retry_reasons=exchange.retry_reasons)
-    request.log.update(retries=exchange.retries, upstream_ms=round(elapsed * 1000, 3))
-    return _relay(request, exchange.response)
-
-
-def _relay(request: HttpRequest, upstream_response) -> HttpResponseBase:
+def _relay(request: HttpRequest, ctx, upstream_response) -> HttpResponseBase:
     status = upstream_response.status
     lines = headers.client_response_headers(upstream_response.headers)
     length = upstream_response.length_remaining
@@ -246,14 +261,14 @@ def _relay(request: HttpRequest, upstream_response) -> HttpResponseBase:
                 502,
                 "upstream_unavailable",
                 "The upstream broke off its response.",
-                upstream=request.gateway_route.upstream.name,
+                upstream=ctx.route.upstream.name,
             )
         upstream_response.release_conn()
         response: HttpResponseBase = UpstreamResponse(content, status=status, reason=upstream_response.reason)
     else:
         body = UpstreamBody(upstream_response)
         response = UpstreamStreamingResponse(body, status=status, reason=upstream_response.reason)
-        response.gateway_body = body
+        ctx.body = body
     del response.headers["Content-Type"]
     response.upstream_headers = lines
     return response

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from contextlib import contextmanager
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from gateway_project import runtime, store
-from tests.support.servers import Gateway, RedisServer
+from tests.support.gateways import start_gateway, talking_to
+from tests.support.servers import RedisServer
 from tests.support.upstream import Upstream
 
 
@@ -58,40 +57,6 @@ def upstream():
     server.stop()
 
 
-def database_url_for_gateway() -> str:
-    """The test database, as a DATABASE_URL a gunicorn process can open."""
-    params = connection.settings_dict
-    if params["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{params['NAME']}"
-    user = params.get("USER") or ""
-    password = f":{params['PASSWORD']}" if params.get("PASSWORD") else ""
-    auth = f"{user}{password}@" if user else ""
-    host = params.get("HOST") or "127.0.0.1"
-    port = f":{params['PORT']}" if params.get("PORT") else ""
-    return f"postgres://{auth}{host}{port}/{params['NAME']}"
-
-
-def start_gateway(
-    tmp_path_factory,
-    redis_server,
-    *,
-    workers: int = 2,
-    env: dict | None = None,
-    prefix: str | None = None,
-    collectstatic: bool = False,
-) -> Gateway:
-    """Start a gateway on the test database and `redis_server`; gateways given the same prefix act as one fleet."""
-    prefix = prefix or f"g{uuid.uuid4().hex[:10]}"
-    return Gateway(
-        tmp_path_factory.mktemp("gateway"),
-        redis_url=redis_server.url,
-        database_url=database_url_for_gateway(),
-        prefix=prefix,
-        workers=workers,
-        env=env,
-    ).start(collectstatic=collectstatic)
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
     """A gunicorn gateway with 2 workers, shared by the tests of one module."""
@@ -101,21 +66,19 @@ def gateway(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
     gw.stop()
 
 
-@contextmanager
-def talking_to(gateway: Gateway, redis: RedisServer | None = None):
-    """Make this test process use the key prefix (and, if given, the Redis server) of a gateway's workers, so
-    that its configuration changes reach them and its reads see their state; restore everything after."""
-    previous = (settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX)
-    if redis is not None:
-        settings.GATEWAY_REDIS_URL = redis.url
-        store.reset_clients()
-    settings.GATEWAY_REDIS_PREFIX = gateway.prefix
-    try:
-        yield gateway
-    finally:
-        settings.GATEWAY_REDIS_URL, settings.GATEWAY_REDIS_PREFIX = previous
-        if redis is not None:
-            store.reset_clients()
+@pytest.fixture(scope="module")
+def four_workers(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
+    """A gunicorn gateway with 4 workers: more workers than cores, so they really share the state."""
+    with django_db_blocker.unblock():
+        gw = start_gateway(tmp_path_factory, redis_server, workers=4)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def gw4(four_workers, transactional_db):
+    with talking_to(four_workers):
+        yield four_workers
 
 
 @pytest.fixture
@@ -134,17 +97,10 @@ def own_redis(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def own_gateway(request, tmp_path_factory, own_redis, django_db_setup, django_db_blocker):
-    """A gateway on `own_redis`; the module's OWN_GATEWAY (a dict) passes options to Gateway."""
-    options = {"workers": 2, **getattr(request.module, "OWN_GATEWAY", {})}
+def own_gateway(tmp_path_factory, own_redis, django_db_setup, django_db_blocker):
+    """A gateway with 2 workers on `own_redis`."""
     with django_db_blocker.unblock():
-        gw = Gateway(
-            tmp_path_factory.mktemp("own-gateway"),
-            redis_url=own_redis.url,
-            database_url=database_url_for_gateway(),
-            prefix=f"own{uuid.uuid4().hex[:8]}",
-            **options,
-        ).start()
+        gw = start_gateway(tmp_path_factory, own_redis)
     yield gw
     gw.stop()
 

@@ -9,19 +9,23 @@ import os
 import tempfile
 from pathlib import Path
 
-_tmp = Path(os.environ.get("GATEWAY_TEST_TMP") or tempfile.mkdtemp(prefix="gateway-tests-"))
-os.environ["GATEWAY_TEST_TMP"] = str(_tmp)
+_tmp = Path(os.environ.get("TESTS_TMPDIR") or tempfile.mkdtemp(prefix="gateway-tests-"))
+os.environ["TESTS_TMPDIR"] = str(_tmp)
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz")
 os.environ.setdefault("DEBUG", "0")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:1/0")
 os.environ.setdefault("GATEWAY_CONFIG_WATCH", "0")
 os.environ.setdefault("GATEWAY_VAR_DIR", str(_tmp / "var"))
 os.environ.setdefault("GATEWAY_LOG_LEVEL", "WARNING")
-if not os.environ.get("DATABASE_URL"):
+_sqlite = not os.environ.get("DATABASE_URL")
+if _sqlite:
     os.environ["DATABASE_URL"] = f"sqlite:///{_tmp / 'gateway.sqlite3'}"
-    os.environ.setdefault("GATEWAY_TEST_SQLITE", str(_tmp / "test-gateway.sqlite3"))
 
 from gateway_project.settings import *  # noqa: E402, F403
+
+if _sqlite:
+    # A file, so that gunicorn processes started by end-to-end tests open the test process's database.
+    DATABASES["default"]["TEST"] = {"NAME": str(_tmp / "test-gateway.sqlite3")}  # noqa: F405
 
 ALLOWED_HOSTS = ["*"]
 

@@ -17,15 +17,10 @@ from gateway_project import runtime, store
 from tests.support.config import breaker_modes, breaker_op, make_upstream, set_breaker_mode
 from tests.support.servers import free_port
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_prefix")]
 
 LIVE = "admin:breakers_breaker_changelist"
 ACT = "admin:breakers_breaker_act"
-
-
-@pytest.fixture(autouse=True)
-def _redis(redis_prefix):
-    return redis_prefix
 
 
 @pytest.fixture(autouse=True)

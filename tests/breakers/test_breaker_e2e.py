@@ -18,23 +18,13 @@ from breakers import services
 from breakers.models import BreakerTransition
 from limits.models import RateLimitPolicy
 from proxy.models import Upstream
-from tests.conftest import start_gateway, talking_to
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.servers import wait_until
 
 
-@pytest.fixture(scope="module")
-def four_workers(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
-    with django_db_blocker.unblock():
-        gw = start_gateway(tmp_path_factory, redis_server, workers=4)
-    yield gw
-    gw.stop()
-
-
 @pytest.fixture
-def gw(four_workers, transactional_db):
-    with talking_to(four_workers):
-        yield four_workers
+def gw(gw4):
+    return gw4
 
 
 def guarded(gw, upstream, **breaker) -> Upstream:

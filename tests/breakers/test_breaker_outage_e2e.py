@@ -8,8 +8,8 @@ import time
 import pytest
 import requests
 
-from tests.conftest import talking_to
 from tests.support.config import make_route, make_upstream, serve
+from tests.support.gateways import talking_to
 
 pytestmark = pytest.mark.slow
 

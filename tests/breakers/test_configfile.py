@@ -11,7 +11,8 @@ from gateway_project import configfile
 from proxy.models import Upstream
 from tests.support.config import make_upstream, problems_of
 
-pytestmark = pytest.mark.django_db
+# Saves publish the configuration revision to Redis after commit: a real one, under a private prefix.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix")]
 
 WHERE = "upstreams[0] (backend)"
 DEFAULTS = {
@@ -25,12 +26,6 @@ DEFAULTS = {
     "half_open_probes": 1,
     "failure_statuses": [502, 503, 504],
 }
-
-
-@pytest.fixture(autouse=True)
-def _redis(redis_prefix):
-    """Saves publish the configuration revision to Redis after commit: a real one, under a private prefix."""
-    return redis_prefix
 
 
 @pytest.fixture

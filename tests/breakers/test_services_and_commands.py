@@ -21,13 +21,7 @@ from breakers.policy import CLOSED, FORCED_OPEN, HALF_OPEN, NORMAL, OPEN, SHADOW
 from proxy.models import Upstream
 from tests.support.config import breaker_modes, breaker_op, make_upstream
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _redis(redis_prefix):
-    """Breaker state lives in the suite's real Redis, under a private prefix."""
-    return redis_prefix
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_prefix")]
 
 
 @pytest.fixture

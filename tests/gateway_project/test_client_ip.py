@@ -5,8 +5,15 @@ from __future__ import annotations
 from ipaddress import ip_network
 
 import pytest
+from django.conf import settings as django_settings
 
-from gateway_project.client_ip import identify, in_networks, normalize
+from gateway_project import client_ip
+from gateway_project.client_ip import in_networks, normalize
+
+
+def identify(environ: dict) -> tuple[str, bool, str]:
+    """As the gateway's middleware calls it: with the configured trusted proxies."""
+    return client_ip.identify(environ, django_settings.GATEWAY_TRUSTED_PROXIES)
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import pytest
 import requests
 
 from limits.models import RateLimitPolicy
-from tests.conftest import talking_to
 from tests.support.config import make_route, make_upstream, serve
+from tests.support.gateways import talking_to
 from tests.support.servers import REPO, free_port, wait_until
 
 pytestmark = pytest.mark.slow

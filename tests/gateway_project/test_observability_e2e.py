@@ -14,8 +14,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from limits.models import RateLimitPolicy
-from tests.conftest import start_gateway, talking_to
 from tests.support.config import make_route, make_upstream, serve
+from tests.support.gateways import start_gateway, talking_to
 from tests.support.servers import wait_until
 
 

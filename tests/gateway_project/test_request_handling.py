@@ -58,7 +58,7 @@ def test_request_ids_are_kept_only_when_safe(routed):
 
 @pytest.mark.parametrize(("fmt", "is_json"), [("json", True), ("console", False)])
 def test_log_lines_carry_the_request_id_in_both_formats(fmt, is_json, capfd):
-    configure(build_logging_config(debug=not is_json, fmt=fmt, level="INFO"))
+    configure(build_logging_config(fmt=fmt, level="INFO"))
     try:
         structlog.contextvars.bind_contextvars(request_id="ctx-1")
         logging.getLogger("django.request").error("plain stdlib line", exc_info=ValueError("x"))

@@ -18,15 +18,10 @@ from limits.models import ApiKey
 from tests.support.config import hit, make_consumer, make_policy
 from tests.support.servers import free_port
 
-pytestmark = pytest.mark.django_db
+# Saves publish the configuration revision to Redis after commit: a real one, under a private prefix.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix")]
 
 KEY_RE = re.compile(r"gw_[A-Za-z0-9_-]{20,}")
-
-
-@pytest.fixture(autouse=True)
-def _redis(redis_prefix):
-    """Saves publish the configuration revision, and counters live, in a real Redis under a private prefix."""
-    return redis_prefix
 
 
 @pytest.fixture(autouse=True)

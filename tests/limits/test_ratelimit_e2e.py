@@ -12,16 +12,8 @@ from gateway_project import store
 from limits import services
 from limits.compiled import compile_policy
 from limits.models import Consumer, RateLimitPolicy
-from tests.conftest import start_gateway, talking_to
 from tests.support.config import make_route, make_upstream, serve
-
-
-@pytest.fixture(scope="module")
-def four_workers(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
-    with django_db_blocker.unblock():
-        gw = start_gateway(tmp_path_factory, redis_server, workers=4)
-    yield gw
-    gw.stop()
+from tests.support.gateways import start_gateway, talking_to
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +23,6 @@ def behind_proxy(tmp_path_factory, redis_server, django_db_setup, django_db_bloc
         gw = start_gateway(tmp_path_factory, redis_server, workers=2, env={"GATEWAY_TRUSTED_PROXIES": "127.0.0.1"})
     yield gw
     gw.stop()
-
-
-@pytest.fixture
-def gw4(four_workers, transactional_db):
-    with talking_to(four_workers):
-        yield four_workers
 
 
 @pytest.fixture

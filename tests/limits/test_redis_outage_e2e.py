@@ -15,8 +15,8 @@ import requests
 
 from gateway_project import store
 from limits.models import RateLimitPolicy
-from tests.conftest import talking_to
 from tests.support.config import make_route, make_upstream, serve
+from tests.support.gateways import talking_to
 
 pytestmark = pytest.mark.slow
 

@@ -9,13 +9,8 @@ from limits.compiled import ConsumerInfo, compile_policy, hash_key
 from limits.models import ApiKey, RateLimitPolicy
 from tests.support.config import hit, make_consumer, make_policy, make_route, make_upstream
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _redis(redis_prefix):
-    """Saves publish the configuration revision, and counters live, in a real Redis under a private prefix."""
-    return redis_prefix
+# Saves publish the configuration revision to Redis after commit: a real one, under a private prefix.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix")]
 
 
 def counter_key(policy: RateLimitPolicy, client_ip: str) -> str:

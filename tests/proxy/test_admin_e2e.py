@@ -13,8 +13,8 @@ import requests
 from django.contrib.auth import get_user_model
 
 from breakers.models import BreakerConfig
-from tests.conftest import start_gateway, talking_to
 from tests.support.config import make_route, make_upstream, serve
+from tests.support.gateways import start_gateway, talking_to
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,8 @@ from tests.support.config import (
 
 KNOWN = ", ".join(sorted(section.key for section in configfile.sections()))
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _redis(redis_prefix):
-    """Saves publish the configuration revision to Redis after commit: a real one, under a private prefix."""
-    return redis_prefix
+# Saves publish the configuration revision to Redis after commit: a real one, under a private prefix.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix")]
 
 
 @pytest.fixture

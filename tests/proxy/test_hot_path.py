@@ -19,8 +19,8 @@ from django.test.utils import CaptureQueriesContext
 
 from breakers import gate
 from limits.models import RateLimitPolicy
-from tests.conftest import talking_to
 from tests.support.config import make_route, make_upstream, serve
+from tests.support.gateways import talking_to
 from tests.support.servers import RedisServer
 
 

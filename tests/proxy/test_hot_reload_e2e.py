@@ -6,11 +6,12 @@ import time
 
 import pytest
 import requests
+from django.conf import settings
 
 from gateway_project import runtime, store
 from proxy.models import Route
-from tests.conftest import start_gateway, talking_to
 from tests.support.config import make_route, make_upstream, serve
+from tests.support.gateways import start_gateway, talking_to
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_a_lost_redis_publish_is_caught_through_the_database(both, upstream):
         make_route("r2", "/r2", Route.objects.get(name="r1").upstream)
     finally:
         runtime.publish = runtime_publish
-    deadline = time.monotonic() + runtime.DB_CHECK_INTERVAL + 2
+    deadline = time.monotonic() + settings.GATEWAY_CONFIG_DB_CHECK_INTERVAL + 2
     while time.monotonic() < deadline and set(statuses(first, "/r2/x", 8) + statuses(second, "/r2/x", 8)) != {200}:
         time.sleep(0.2)
     assert set(statuses(first, "/r2/x", 20) + statuses(second, "/r2/x", 20)) == {200}

@@ -11,8 +11,8 @@ import time
 import pytest
 import requests
 
-from tests.conftest import start_gateway, talking_to
 from tests.support.config import make_route, make_upstream, serve
+from tests.support.gateways import start_gateway, talking_to
 from tests.support.servers import rss_bytes
 
 pytestmark = pytest.mark.slow

@@ -132,7 +132,6 @@ class Gateway:
             "GATEWAY_VAR_DIR": str(workdir / "var"),
             **(env or {}),
         }
-        self.env.pop("GATEWAY_TEST_SQLITE", None)
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / "gunicorn.log"
 
