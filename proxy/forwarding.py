@@ -17,8 +17,8 @@ from typing import Protocol
 
 import urllib3
 from django.conf import settings
-from urllib3.connection import HTTPConnection
-from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -31,6 +31,7 @@ from urllib3.exceptions import (
 from urllib3.response import BaseHTTPResponse
 
 from proxy.routing import UpstreamTarget
+from proxy.upstream_response import UpstreamHTTPResponse
 
 
 class UpstreamFailed(Exception):
@@ -84,6 +85,8 @@ class KeepAliveHTTPConnection(HTTPConnection):
     the connection is still open; end of file, unexpected bytes or an error mean it is not.
     """
 
+    response_class = UpstreamHTTPResponse
+
     @property
     def is_connected(self) -> bool:
         sock = self.sock
@@ -106,6 +109,14 @@ class KeepAliveHTTPConnectionPool(HTTPConnectionPool):
     ConnectionCls = KeepAliveHTTPConnection
 
 
+class UpstreamHTTPSConnection(HTTPSConnection):
+    response_class = UpstreamHTTPResponse
+
+
+class UpstreamHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = UpstreamHTTPSConnection
+
+
 _pools_lock = threading.Lock()
 _pool_manager: urllib3.PoolManager | None = None
 
@@ -122,7 +133,10 @@ def pool_manager() -> urllib3.PoolManager:
                     block=False,
                     retries=False,
                 )
-                manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "http": KeepAliveHTTPConnectionPool}
+                manager.pool_classes_by_scheme = {
+                    "http": KeepAliveHTTPConnectionPool,
+                    "https": UpstreamHTTPSConnectionPool,
+                }
                 _pool_manager = manager
     return _pool_manager
 
