@@ -31,7 +31,7 @@ from urllib3.exceptions import (
 from urllib3.response import BaseHTTPResponse
 
 from proxy.routing import UpstreamTarget
-from proxy.upstream_response import UpstreamHTTPResponse
+from proxy.upstream_response import HEADER_DEADLINE, HeaderDeadline, UpstreamHTTPResponse
 
 
 class UpstreamFailed(Exception):
@@ -191,6 +191,11 @@ def send(
     retry = upstream.retry if replayable else upstream.retry.new(read=0, status=0)
     started = clock()
     deadline = started + upstream.deadline
+    # Read by UpstreamHTTPResponse.begin(): the head must arrive by then, however slowly its bytes drip in.
+    header_deadline = HeaderDeadline(time.monotonic() + upstream.deadline)
+    HEADER_DEADLINE.set(header_deadline)
+    if not replayable and body is not None:
+        body = header_deadline.excluding_client(body)
     attempts = 0
     reasons: list[str] = []
     while True:

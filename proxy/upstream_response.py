@@ -13,8 +13,8 @@ pool), accepts a header section cut off by a close as complete, keeps a Content-
   error; identical repeated values count as one;
 - the whole head, interim answers included, must arrive before the deadline in `HEADER_DEADLINE`.
 
-Errors are `http.client.HTTPException`s, which urllib3 turns into ProtocolError (502), and the timeout is a
-socket timeout, which it turns into ReadTimeoutError (504); either way the connection is closed, never pooled.
+Errors are `http.client.HTTPException`s, which urllib3 turns into ProtocolError (502), and the deadline is a
+TimeoutError, which it turns into ReadTimeoutError (504); either way the connection is closed, never pooled.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import http.client
 import io
 import time
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 
 MAX_HEAD_BYTES = 1024 * 1024
@@ -30,15 +31,29 @@ _HEAD_ENDS = (b"\n\r\n", b"\n\n")
 
 
 class HeaderDeadline:
-    """When the upstream's response head must have arrived (time.monotonic()); send() may move it later."""
+    """When the upstream's response head must have arrived (time.monotonic())."""
 
     __slots__ = ("at",)
 
     def __init__(self, at: float) -> None:
         self.at = at
 
+    def excluding_client(self, body: Iterable[bytes]) -> Iterator[bytes]:
+        """Pass a streamed request body on, moving the deadline later by the time spent waiting for the client:
+        a slow upload is the client's (bounded by the client body timeouts), not the upstream's."""
+        chunks = iter(body)
+        while True:
+            waited = time.monotonic()
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                return
+            finally:
+                self.at += time.monotonic() - waited
+            yield chunk
 
-#: Set by proxy.forwarding.send for the request it is sending; None outside it (no deadline).
+
+#: The deadline of the request this greenlet is sending, set by proxy.forwarding.send; None means none.
 HEADER_DEADLINE: ContextVar[HeaderDeadline | None] = ContextVar("gateway_header_deadline", default=None)
 
 
