@@ -52,6 +52,9 @@ FORWARDED_FAMILY = "HTTP_X_FORWARDED_"
 
 #: Upstream response headers replaced by the gateway's own (gunicorn writes Server and Date).
 GATEWAY_RESPONSE_HEADERS = frozenset({"server", "date", "x-request-id"})
+#: The legacy rate-limit fields: when the gateway sends any, none of the upstream's go with them, so a client
+#: never reads a mixture of two limiters.
+LEGACY_RATELIMIT_PREFIX = "x-ratelimit-"
 
 
 def _environ_key(name: str) -> str:
@@ -144,3 +147,52 @@ def client_response_headers(upstream_headers) -> list[tuple[str, str]]:
     if connection:
         drop = drop | connection_tokens(connection)
     return [(name, value) for name, value in upstream_headers.iteritems() if name.lower() not in drop]
+
+
+def merge_response_headers(own, upstream_lines: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The lines of a relayed response: the gateway's own fields, then the upstream's, minus its copies of any
+    field the gateway set (RateLimit, X-RateLimit-*, X-Request-ID, ...); Server-Timing becomes one list, the
+    gateway's entries first, then the upstream's whose names the gateway does not use."""
+    lines = list(own.items())
+    if not upstream_lines:
+        return lines
+    owned = {name.lower() for name in own}
+    legacy = any(name.startswith(LEGACY_RATELIMIT_PREFIX) for name in owned)
+    timings: list[str] = []
+    relayed = []
+    for name, value in upstream_lines:
+        lower = name.lower()
+        if lower in owned or (legacy and lower.startswith(LEGACY_RATELIMIT_PREFIX)):
+            if lower == "server-timing":
+                timings.append(value)
+            continue
+        relayed.append((name, value))
+    if timings:
+        own_timing = own["Server-Timing"]
+        taken = {_metric_name(entry) for entry in list_members(own_timing)}
+        extra = [entry for value in timings for entry in list_members(value) if _metric_name(entry) not in taken]
+        if extra:
+            merged = ", ".join([own_timing, *extra])
+            lines = [(name, merged if name.lower() == "server-timing" else value) for name, value in lines]
+    return lines + relayed
+
+
+def list_members(value: str) -> list[str]:
+    """The members of a comma-separated field value, a comma inside a quoted string kept (RFC 9110 §5.6.1)."""
+    members, start, quoted, escaped = [], 0, False, False
+    for index, char in enumerate(value):
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            members.append(value[start:index].strip())
+            start = index + 1
+    members.append(value[start:].strip())
+    return [member for member in members if member]
+
+
+def _metric_name(entry: str) -> str:
+    return entry.partition(";")[0].strip().lower()

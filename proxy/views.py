@@ -28,12 +28,13 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 
 
 class _UpstreamHeaders:
-    """Relays the upstream's header lines as they came (repeated Set-Cookie included) after the gateway's."""
+    """Relays the upstream's header lines as they came (repeated Set-Cookie included) after the gateway's, except
+    its copies of fields the gateway set."""
 
     upstream_headers: list[tuple[str, str]]
 
     def items(self):
-        return [*self.headers.items(), *self.upstream_headers]
+        return headers.merge_response_headers(self.headers, self.upstream_headers)
 
 
 class UpstreamResponse(_UpstreamHeaders, HttpResponse):

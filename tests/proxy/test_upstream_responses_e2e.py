@@ -4,12 +4,13 @@ bytes that follow, and a pooled connection is reused only after a complete, well
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from tests.support.config import make_route, make_upstream, serve
+from tests.support.config import make_policy, make_route, make_upstream, serve
 from tests.support.rawclient import RawClient
 from tests.support.rawupstream import Close, RawUpstream, Scripted, chunked, response, serve_each
 
@@ -219,3 +220,42 @@ def test_a_well_framed_answer_keeps_its_connection(live, raw_route):
             client.send(f"GET /raw/{n} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             assert client.read_response().body == f"/raw/{n}".encode()
     assert {r.connection for r in upstream.requests} == {1}
+
+
+UPSTREAM_OWN_COPIES = [
+    ("RateLimit", '"upstream";r=999;t=1'),
+    ("RateLimit-Policy", '"upstream";q=1000;w=1'),
+    ("X-RateLimit-Limit", "1000"),
+    ("X-RateLimit-Remaining", "999"),
+    ("X-RateLimit-Reset", "1"),
+    ("X-RateLimit-Used", "1"),
+    ("X-Request-ID", "upstream-chose-this"),
+    ("Server-Timing", 'db;dur=12.5;desc="Orders, read", total;dur=99'),
+    ("Server-Timing", "cache;desc=hit"),
+    ("Retry-After", "7"),
+    ("X-Kept", "yes"),
+]
+
+
+def test_the_gateways_own_headers_replace_the_upstreams_copies(live, raw_route):
+    raw_route(serve_each(lambda request: response(200, b"ok", UPSTREAM_OWN_COPIES)))
+    make_policy("per-ip", limit=100, window_seconds=60, legacy_headers=True)
+    serve(live)
+    with RawClient(live.port) as client:
+        client.send(b"GET /raw/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: client-chose-this\r\n\r\n")
+        answer = client.read_response()
+    assert answer.status == 200
+    for name in ("RateLimit", "RateLimit-Policy", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"):
+        assert len(answer.all(name)) == 1, (name, answer.all(name))
+    assert answer.header("RateLimit").startswith('"per-ip";r=99;')
+    assert answer.header("RateLimit-Policy") == '"per-ip";q=100;w=60'
+    assert answer.header("X-RateLimit-Limit") == "100"
+    assert answer.all("X-RateLimit-Used") == [], "no mixture of two limiters' legacy fields"
+    assert answer.all("X-Request-ID") == ["client-chose-this"]
+    (timing,) = answer.all("Server-Timing")
+    names = [entry.strip().split(";")[0] for entry in re.split(r",(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)", timing)]
+    assert names[-2:] == ["db", "cache"], timing
+    assert names.count("total") == 1, timing
+    assert 'desc="Orders, read"' in timing
+    assert answer.all("Retry-After") == ["7"], "the gateway sets no Retry-After on a relayed answer"
+    assert answer.header("X-Kept") == "yes"
