@@ -29,8 +29,16 @@ _metrics_dir = env_str("GATEWAY_METRICS_DIR") or tempfile.mkdtemp(prefix="gatewa
 _own_metrics_dir = not os.environ.get("GATEWAY_METRICS_DIR")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
-_host, _port = env_listen("GATEWAY_LISTEN", "127.0.0.1:8000")
-bind = [f"[{_host}]:{_port}" if ":" in _host else f"{_host}:{_port}"]
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+bind = [_address(*env_listen("GATEWAY_LISTEN", "127.0.0.1:8000"))]
+_admin_listen = env_listen("GATEWAY_ADMIN_LISTEN", None)
+if _admin_listen is not None:
+    # The admin's own listener: proxy.middleware serves the admin only here, and no route.
+    bind.append(_address(*_admin_listen))
 
 worker_class = "gevent"
 _requested_workers = env_int("GATEWAY_WORKERS", multiprocessing.cpu_count(), minimum=1, maximum=256)

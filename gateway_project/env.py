@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -90,9 +91,11 @@ def env_networks(name: str, default: str = "") -> tuple[ipaddress.IPv4Network | 
     return tuple(networks)
 
 
-def env_listen(name: str, default: str) -> tuple[str, int]:
-    """`host:port`, `[v6]:port` or `:port`; returns (host, port)."""
+def env_listen(name: str, default: str | None) -> tuple[str, int] | None:
+    """`host:port`, `[v6]:port` or `:port`; returns (host, port), or None when unset without a default."""
     value = env_str(name, default)
+    if value is None:
+        return None
     host, sep, port = value.rpartition(":")
     if not sep:
         raise ImproperlyConfigured(f"{name}: expected host:port, got {value!r}")
@@ -104,3 +107,17 @@ def env_listen(name: str, default: str) -> tuple[str, int]:
     if not 0 < number < 65536:
         raise ImproperlyConfigured(f"{name}: port must be between 1 and 65535, got {number}")
     return host, number
+
+
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def env_host(name: str) -> str | None:
+    """A DNS host name, lower-cased and without a trailing dot; None when unset."""
+    value = env_str(name)
+    if value is None:
+        return None
+    host = value.lower().rstrip(".")
+    if not _HOST_NAME.fullmatch(host):
+        raise ImproperlyConfigured(f"{name}: expected a host name such as admin.gateway.internal, got {value!r}")
+    return host

@@ -14,6 +14,7 @@ from gateway_project import redis_url
 from gateway_project.env import (
     env_bool,
     env_float,
+    env_host,
     env_int,
     env_list,
     env_listen,
@@ -119,6 +120,12 @@ if GATEWAY_ADMIN_PATH == "/" or not GATEWAY_ADMIN_PATH.replace("/", "").replace(
 # gateway owns lives under /_gateway/ (static files for the admin, the API).
 GATEWAY_RESERVED_PREFIXES = ("/healthz", "/readyz", "/metrics", "/_gateway", "/_demo", GATEWAY_ADMIN_PATH)
 GATEWAY_ADMIN_PREFIXES = (GATEWAY_ADMIN_PATH, "/_gateway/api")
+# The production recommendation: the admin (and the management API) on a host name and/or a listen address of
+# its own. When set, the admin answers only there and no route is served there (proxy.middleware).
+GATEWAY_ADMIN_HOST = env_host("GATEWAY_ADMIN_HOST")
+GATEWAY_ADMIN_LISTEN = env_listen("GATEWAY_ADMIN_LISTEN", None)
+if GATEWAY_ADMIN_LISTEN is not None and GATEWAY_ADMIN_LISTEN[1] == GATEWAY_LISTEN[1]:
+    raise ImproperlyConfigured("GATEWAY_ADMIN_LISTEN: must use another port than GATEWAY_LISTEN")
 
 # --- Django --------------------------------------------------------------------------------------------------
 
@@ -199,6 +206,19 @@ WHITENOISE_USE_FINDERS = DEBUG
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("GATEWAY_SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+CSRF_COOKIE_HTTPONLY = True
+# The admin's cookies share an origin with every route unless GATEWAY_ADMIN_HOST separates them, so they carry
+# names no upstream uses (the proxy strips them from forwarded requests and refuses upstream Set-Cookies for
+# them: proxy/cookies.py). Over HTTPS the __Host- prefix makes browsers refuse any version of them that is not
+# Secure, host-only and Path=/ (a sibling subdomain cannot plant one); the prefix requires Path=/, and the
+# admin path scopes them over plain HTTP instead.
+if SESSION_COOKIE_SECURE:
+    SESSION_COOKIE_NAME, CSRF_COOKIE_NAME = "__Host-gateway-session", "__Host-gateway-csrf"
+else:
+    SESSION_COOKIE_NAME, CSRF_COOKIE_NAME = "gateway-session", "gateway-csrf"
+    SESSION_COOKIE_PATH = CSRF_COOKIE_PATH = GATEWAY_ADMIN_PATH
+# Admin messages live in the session, not in a cookie of their own.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 X_FRAME_OPTIONS = "DENY"
 

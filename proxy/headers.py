@@ -10,6 +10,7 @@ from __future__ import annotations
 from urllib3.util import SKIP_HEADER
 
 from proxy.client_ip import normalize
+from proxy.cookies import sets_gateway_cookie, without_gateway_cookies
 
 HOP_BY_HOP = frozenset(
     {
@@ -112,6 +113,13 @@ def upstream_request_headers(
     for key, value in environ.items():
         if key.startswith("HTTP_") and key not in drop and not key.startswith(FORWARDED_FAMILY):
             headers[_header_name(key)] = value
+    cookie = headers.get("Cookie")
+    if cookie:
+        cookie = without_gateway_cookies(cookie)
+        if cookie:
+            headers["Cookie"] = cookie
+        else:
+            del headers["Cookie"]
     content_type = environ.get("CONTENT_TYPE")
     if content_type:
         headers["Content-Type"] = content_type
@@ -141,12 +149,17 @@ def upstream_request_headers(
 
 
 def client_response_headers(upstream_headers) -> list[tuple[str, str]]:
-    """The upstream's response headers as (name, value) lines, repeated ones (Set-Cookie) kept apart."""
+    """The upstream's response headers as (name, value) lines, repeated ones (Set-Cookie) kept apart; never a
+    Set-Cookie for one of the gateway's own cookies."""
     drop = _DROP_RESPONSE
     connection = upstream_headers.get("Connection")
     if connection:
         drop = drop | connection_tokens(connection)
-    return [(name, value) for name, value in upstream_headers.iteritems() if name.lower() not in drop]
+    return [
+        (name, value)
+        for name, value in upstream_headers.iteritems()
+        if name.lower() not in drop and not (name.lower() == "set-cookie" and sets_gateway_cookie(value))
+    ]
 
 
 def merge_response_headers(own, upstream_lines: list[tuple[str, str]]) -> list[tuple[str, str]]:

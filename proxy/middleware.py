@@ -42,12 +42,46 @@ def _under(path: str, prefixes: tuple[str, ...]) -> str | None:
     return None
 
 
+class AdminSide:
+    """Where the admin lives when the operator gives it its own host name (GATEWAY_ADMIN_HOST) and/or listener
+    (GATEWAY_ADMIN_LISTEN): the admin answers only where every one given matches, and no route is served where
+    any one matches."""
+
+    __slots__ = ("host", "listener")
+
+    def __init__(self, host: str | None, listen: tuple[str, int] | None) -> None:
+        self.host = host
+        self.listener = None if listen is None else (listen[0], str(listen[1]))
+
+    @classmethod
+    def from_settings(cls) -> AdminSide | None:
+        host, listen = settings.GATEWAY_ADMIN_HOST, settings.GATEWAY_ADMIN_LISTEN
+        return None if host is None and listen is None else cls(host, listen)
+
+    def _matches(self, environ: dict) -> tuple[bool | None, bool | None]:
+        host = listener = None
+        if self.host is not None:
+            # The name as Django reads it: lower case, without port or trailing dot.
+            host = split_domain_port(environ.get("HTTP_HOST", ""))[0] == self.host
+        if self.listener is not None:
+            # gunicorn names the listener that accepted the connection in SERVER_NAME and SERVER_PORT.
+            listener = (environ.get("SERVER_NAME"), environ.get("SERVER_PORT")) == self.listener
+        return host, listener
+
+    def is_admin(self, environ: dict) -> bool:
+        return all(match is not False for match in self._matches(environ))
+
+    def refuses_routes(self, environ: dict) -> bool:
+        return any(match is True for match in self._matches(environ))
+
+
 class RouteMiddleware:
     def __init__(self, get_response) -> None:
         self.get_response = get_response
         self.reserved = settings.GATEWAY_RESERVED_PREFIXES
         self.admin_prefixes = settings.GATEWAY_ADMIN_PREFIXES
         self.admin_networks = settings.GATEWAY_ADMIN_ALLOWED_NETWORKS
+        self.admin_side = AdminSide.from_settings()
         self.demo = settings.GATEWAY_DEMO
         self.pipeline = build_pipeline(settings.GATEWAY_PIPELINE, proxy)
         runtime.start()
@@ -57,12 +91,17 @@ class RouteMiddleware:
         own = _under(path, self.reserved)
         if own is not None:
             request.route_label = OWN
-            if _under(path, self.admin_prefixes) and not in_networks(request.client_ip, self.admin_networks):
-                return json_error(request, 403, "forbidden", "The admin is not reachable from this address.")
+            if _under(path, self.admin_prefixes):
+                if self.admin_side is not None and not self.admin_side.is_admin(request.META):
+                    return json_error(request, 404, "not_found", "Nothing is served at this path.")
+                if not in_networks(request.client_ip, self.admin_networks):
+                    return json_error(request, 403, "forbidden", "The admin is not reachable from this address.")
             if own == "/_demo" and not self.demo:
                 return json_error(request, 404, "no_route", "No route matches this request.")
             return self.get_response(request)
 
+        if self.admin_side is not None and self.admin_side.refuses_routes(request.META):
+            return json_error(request, 404, "no_route", "No route matches this request.")
         try:
             target = parse_target(request.environ)
         except BadPath as exc:
