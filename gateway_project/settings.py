@@ -86,6 +86,9 @@ GATEWAY_TRUSTED_PROXIES = env_networks("GATEWAY_TRUSTED_PROXIES", "")
 GATEWAY_ADMIN_ALLOWED_NETWORKS = env_networks("GATEWAY_ADMIN_ALLOWED_NETWORKS", "127.0.0.0/8,::1")
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=0)
 GATEWAY_RETRY_BUFFER_BYTES = env_int("GATEWAY_RETRY_BUFFER_BYTES", 1024 * 1024, minimum=0, maximum=64 * 1024 * 1024)
+# A request body that stops for this long, or (after this long) averages under the minimum rate, gets 408.
+GATEWAY_CLIENT_BODY_TIMEOUT = env_float("GATEWAY_CLIENT_BODY_TIMEOUT", 20.0, minimum=0.1, maximum=3600)
+GATEWAY_CLIENT_BODY_MIN_RATE = env_float("GATEWAY_CLIENT_BODY_MIN_RATE", 500.0, minimum=0)
 GATEWAY_POOL_MAXSIZE = env_int(
     "GATEWAY_POOL_MAXSIZE", env_int("GATEWAY_WORKER_CONNECTIONS", 1000, minimum=1), minimum=1
 )

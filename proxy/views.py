@@ -18,6 +18,7 @@ from urllib3.exceptions import HTTPError
 from gateway_project import metrics
 from gateway_project.responses import json_error
 from proxy import forwarding, headers
+from proxy.client_body import ClientBodyTimeout, TimedInput
 from proxy.forwarding import BodyTooLarge, ClientBodyError, UpstreamFailed
 
 logger = logging.getLogger(__name__)
@@ -76,9 +77,9 @@ class UpstreamBody:
 def _request_body(request: HttpRequest, limit: int):
     """(body, replayable, chunked) for urllib3, or an error response for a body we will not forward."""
     environ = request.environ
-    stream = environ["wsgi.input"]
     length_header = environ.get("CONTENT_LENGTH")
     if length_header:
+        stream = _timed_input(environ)
         try:
             length = int(length_header)
         except ValueError:
@@ -94,6 +95,7 @@ def _request_body(request: HttpRequest, limit: int):
             return data, True, False
         return _stream_fixed(request, stream, length), False, False
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        stream = _timed_input(environ)
         buffer_limit = settings.GATEWAY_RETRY_BUFFER_BYTES
         head = _read(stream, buffer_limit + 1)
         if limit and len(head) > limit:
@@ -102,6 +104,12 @@ def _request_body(request: HttpRequest, limit: int):
             return head, True, False
         return _stream_chunked(request, stream, head, limit), False, True
     return None, True, False
+
+
+def _timed_input(environ: dict) -> TimedInput:
+    return TimedInput(
+        environ, idle=settings.GATEWAY_CLIENT_BODY_TIMEOUT, min_rate=settings.GATEWAY_CLIENT_BODY_MIN_RATE
+    )
 
 
 def _too_large(request: HttpRequest, limit: int) -> HttpResponse:
@@ -115,6 +123,8 @@ def _read(stream, size: int) -> bytes:
     must never count against the upstream: it is raised as ClientBodyError, which urllib3 passes through."""
     try:
         return stream.read(size)
+    except ClientBodyTimeout:
+        raise
     except Exception as exc:  # gunicorn raises OSErrors and its own parse errors here; none may pass as-is
         raise ClientBodyError(f"reading the request body failed ({type(exc).__name__})") from exc
 
@@ -164,6 +174,8 @@ def proxy(request: HttpRequest) -> HttpResponseBase:
 
     try:
         body, replayable, chunked = _request_body(request, route.max_body_bytes)
+    except ClientBodyTimeout as exc:
+        return _body_timeout(request, exc)
     except ClientBodyError as exc:
         request.log.update(client_error=str(exc))
         return json_error(request, 400, "bad_request", "The request body could not be read.")
@@ -217,6 +229,8 @@ def proxy(request: HttpRequest) -> HttpResponseBase:
         )
     except BodyTooLarge:
         return _too_large(request, route.max_body_bytes)
+    except ClientBodyTimeout as exc:
+        return _body_timeout(request, exc)
     except ClientBodyError as exc:
         request.log.update(client_error=str(exc))
         return json_error(request, 400, "bad_request", "The request body could not be read.")
@@ -225,6 +239,11 @@ def proxy(request: HttpRequest) -> HttpResponseBase:
     metrics.observe_upstream(upstream=upstream.name, seconds=elapsed, retry_reasons=exchange.retry_reasons)
     request.log.update(retries=exchange.retries, upstream_ms=round(elapsed * 1000, 3))
     return _relay(request, exchange.response)
+
+
+def _body_timeout(request: HttpRequest, exc: ClientBodyTimeout) -> HttpResponse:
+    request.log.update(client_error=str(exc))
+    return json_error(request, 408, "request_timeout", "The request body did not arrive in time.")
 
 
 def _relay(request: HttpRequest, upstream_response) -> HttpResponseBase:
