@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,6 +41,19 @@ class UpstreamFailed(Exception):
     def __init__(self, message: str, *, timeout: bool, attempts: int, retry_reasons: list[str]) -> None:
         super().__init__(message)
         self.timeout = timeout
+        self.attempts = attempts
+        self.retry_reasons = retry_reasons
+
+    @property
+    def retries(self) -> int:
+        return len(self.retry_reasons)
+
+
+class ClientGone(Exception):
+    """The client closed its connection while the retries waited; nothing more is sent upstream."""
+
+    def __init__(self, *, attempts: int, retry_reasons: list[str]) -> None:
+        super().__init__("the client closed its connection during the retries")
         self.attempts = attempts
         self.retry_reasons = retry_reasons
 
@@ -181,6 +195,7 @@ def send(
     replayable: bool,
     chunked: bool = False,
     observer: AttemptObserver | None = None,
+    client_gone: Callable[[], bool] | None = None,
     sleep=time.sleep,
     clock=time.monotonic,
 ) -> Exchange:
@@ -202,6 +217,8 @@ def send(
         remaining = deadline - clock()
         if remaining <= 0:
             raise UpstreamFailed("deadline exceeded", timeout=True, attempts=attempts, retry_reasons=reasons)
+        if attempts and client_gone is not None and client_gone():
+            raise ClientGone(attempts=attempts, retry_reasons=reasons)
         attempts += 1
         attempt_started = clock()
         try:

@@ -19,7 +19,8 @@ from gateway_project import metrics
 from gateway_project.responses import json_error
 from proxy import forwarding, headers
 from proxy.client_body import ClientBodyTimeout, TimedInput
-from proxy.forwarding import BodyTooLarge, ClientBodyError, UpstreamFailed
+from proxy.disconnect import gone_check
+from proxy.forwarding import BodyTooLarge, ClientBodyError, ClientGone, UpstreamFailed
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +216,14 @@ def proxy(request: HttpRequest) -> HttpResponseBase:
             replayable=replayable,
             chunked=chunked,
             observer=getattr(request, "breaker_observer", None),
+            client_gone=gone_check(request.environ),
         )
+    except ClientGone as exc:
+        elapsed = request.timings["upstream"] = time.perf_counter() - started
+        metrics.observe_upstream(upstream=upstream.name, seconds=elapsed, retry_reasons=exc.retry_reasons)
+        request.log.update(retries=exc.retries, upstream_ms=round(elapsed * 1000, 3), client_error=str(exc))
+        # nginx's 499 "client closed request": for the access log and metrics; the client reads nothing.
+        return json_error(request, 499, "client_closed_request", "The client closed its connection.")
     except UpstreamFailed as exc:
         elapsed = request.timings["upstream"] = time.perf_counter() - started
         metrics.observe_upstream(upstream=upstream.name, seconds=elapsed, retry_reasons=exc.retry_reasons)

@@ -4,8 +4,10 @@ go away while the gateway backs off between retries."""
 from __future__ import annotations
 
 import http.client
+import json
 import threading
 import time
+import uuid
 
 import pytest
 import requests
@@ -14,6 +16,7 @@ from tests.conftest import start_gateway, talking_to
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.rawclient import RawClient
 from tests.support.rawupstream import RawUpstream
+from tests.support.servers import wait_until
 
 DRIPPED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Slow: " + b"s" * 60 + b"\r\n\r\nok"
 
@@ -188,3 +191,32 @@ def test_a_slow_body_flood_bigger_than_the_worker_only_delays_other_clients(impa
     assert statuses == [408] * 80
     assert waited < 5, waited
     print(f"80 slow bodies on a 50-connection worker with a 1 s body timeout: /healthz answered after {waited:.2f} s")
+
+
+def access_line(gateway, request_id: str) -> dict | None:
+    for line in gateway.log().splitlines():
+        if request_id in line and '"request"' in line:
+            entry = json.loads(line)
+            if entry.get("request_id") == request_id and entry.get("logger") == "gateway.access":
+                return entry
+    return None
+
+
+def test_a_client_that_leaves_during_the_backoff_ends_the_retries_with_499(live, upstream):
+    make_route(
+        "flaky",
+        "/flaky",
+        make_upstream("flaky", upstream.url, max_retries=5, retry_on_statuses="503", breaker_failure_rate=0),
+    )
+    serve(live)
+    request_id = f"gone-{uuid.uuid4().hex}"
+    client = RawClient(live.port)
+    # Every answer is 503 with Retry-After: 2, so the gateway waits 2 s before each retry.
+    client.send(
+        f"GET /flaky/retry-after/2/503 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: {request_id}\r\n\r\n".encode()
+    )
+    wait_until(lambda: upstream.requests_to("/retry-after/2/503"), 5, "the first attempt")
+    client.close()
+    entry = wait_until(lambda: access_line(live, request_id), 10, "the access line of the abandoned request")
+    assert entry["status"] == 499
+    assert len(upstream.requests_to("/retry-after/2/503")) == 1
