@@ -87,6 +87,12 @@ class RouteMiddleware:
         runtime.start()
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        environ = request.META
+        if not environ.get("HTTP_HOST") and environ.get("SERVER_PROTOCOL") != "HTTP/1.0" and "RAW_URI" in environ:
+            # RFC 9112 §3.2: an HTTP/1.1 request without a Host (or with an empty one, which names no
+            # authority for an http URI) is a 400; gunicorn already refuses a repeated Host. (RAW_URI: a
+            # request read off a connection by gunicorn, not one built by Django's test client.)
+            return json_error(request, 400, "bad_host", "The request needs exactly one Host header.")
         path = request.path_info
         own = _under(path, self.reserved)
         if own is not None:
