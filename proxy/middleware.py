@@ -125,6 +125,14 @@ class RouteMiddleware:
             response = json_error(request, 405, "method_not_allowed", f"This route accepts {', '.join(match.allowed)}.")
             response["Allow"] = ", ".join(match.allowed)
             return response
+        if (
+            target.folded is not None
+            and runtime.get("routes").match(hostname, target.folded, request.method) is not match
+        ):
+            # An upstream that normalizes would read the path of another route (or of none) than the one matched.
+            return json_error(
+                request, 400, "bad_path", "The request path cannot be forwarded: it normalizes to another route's path."
+            )
         request.gateway_route = match
         request.route_label = match.name
         request.gateway_target = target
