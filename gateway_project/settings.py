@@ -160,7 +160,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "gateway_project.django_metrics.PrometheusAfterMiddleware",
 ]
 GATEWAY_PIPELINE = [
     "limits.middleware.ApiKeyMiddleware",
