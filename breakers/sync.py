@@ -45,12 +45,12 @@ def flush_and_refresh(rounds: int = 0) -> None:
             record_events(found.id)
 
 
-def record_events(upstream_id: int) -> int:
+def record_events(upstream_id: int, client=None) -> int:
     """Move an upstream's transition events from Redis into the database history."""
     from breakers.models import BreakerTransition
 
     try:
-        events = storage.pop_events(upstream_id)
+        events = storage.pop_events(upstream_id, client=client)
     except RedisError:
         return 0
     if not events:

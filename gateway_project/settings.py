@@ -77,6 +77,8 @@ if not GATEWAY_REDIS_PREFIX.replace("-", "").replace("_", "").isalnum():
 GATEWAY_REDIS_CONNECT_TIMEOUT = env_float("GATEWAY_REDIS_CONNECT_TIMEOUT", 0.05, minimum=0.001, maximum=10)
 GATEWAY_REDIS_SOCKET_TIMEOUT = env_float("GATEWAY_REDIS_SOCKET_TIMEOUT", 0.05, minimum=0.001, maximum=10)
 GATEWAY_REDIS_OPS_TIMEOUT = env_float("GATEWAY_REDIS_OPS_TIMEOUT", 2.0, minimum=0.01, maximum=60)
+# Pages that read Redis (the admin's live views, the demo's failure switch) wait this long, then say it is down.
+GATEWAY_REDIS_PAGE_TIMEOUT = env_float("GATEWAY_REDIS_PAGE_TIMEOUT", 0.25, minimum=0.01, maximum=60)
 GATEWAY_REDIS_MAX_CONNECTIONS = env_int("GATEWAY_REDIS_MAX_CONNECTIONS", 64, minimum=1, maximum=10_000)
 
 # --- Gateway -------------------------------------------------------------------------------------------------
