@@ -21,7 +21,6 @@ def kinds(rand: random.Random) -> list[str]:
     word = "".join(rand.choices(string.ascii_lowercase + string.digits, k=rand.randint(1, 12)))
     return [
         "/healthz",
-        "/readyz",
         "/metrics",
         f"/healthz/{word}",
         "/admin/",
@@ -43,6 +42,11 @@ def call(port: int, method: str, target: str, host: str) -> int:
         return client.read_response(method).status
 
 
+#: Families that count Redis timeouts, which a loaded machine produces whatever the clients send (their labels
+#: are fixed names). /readyz is left out of the flood for the same reason: its status is Redis's health.
+DEPENDENCY_HEALTH = ("gateway_redis_errors", "gateway_breaker_fallbacks")
+
+
 def series(gateway) -> set[tuple[str, tuple]]:
     with RawClient(gateway.port) as client:
         client.send(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
@@ -50,6 +54,7 @@ def series(gateway) -> set[tuple[str, tuple]]:
     return {
         (sample.name, tuple(sorted(sample.labels.items())))
         for family in text_string_to_metric_families(text)
+        if not family.name.startswith(DEPENDENCY_HEALTH)
         for sample in family.samples
     }
 
