@@ -50,7 +50,7 @@ def test_a_head_dripped_byte_by_byte_ends_in_504_at_the_deadline(live, retries):
         elapsed = time.monotonic() - started
     assert answer.status_code == 504
     assert answer.json()["error"] == "upstream_timeout"
-    assert 1.4 < elapsed < 2.5, elapsed
+    assert 1.4 < elapsed < 3, elapsed
 
 
 def test_a_slow_streamed_upload_does_not_use_up_the_upstreams_deadline(live, upstream):
@@ -125,7 +125,7 @@ def test_a_body_that_stops_gets_408_and_never_reaches_the_upstream_complete(impa
         assert answer.status == 408, answer.body
         assert answer.header("Content-Type") == "application/json"
         assert client.closed_by_peer(timeout=5)
-    assert 0.9 < elapsed < 3, elapsed
+    assert 0.9 < elapsed < 4, elapsed
     assert upstream.requests_to("/upload") == []  # the upstream saw no complete request
     assert requests.get(impatient.url("/api/after"), timeout=10).status_code == 200  # the breaker stayed closed
     assert '"status": 408' in impatient.log()
