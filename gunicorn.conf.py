@@ -30,8 +30,15 @@ _own_metrics_dir = not _env["GATEWAY_METRICS_DIR"]
 _metrics_dir = _env["GATEWAY_METRICS_DIR"] or tempfile.mkdtemp(prefix="gateway-metrics-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
-_host, _port = _env["GATEWAY_LISTEN"]
-bind = [f"[{_host}]:{_port}" if ":" in _host else f"{_host}:{_port}"]
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+bind = [_address(*_env["GATEWAY_LISTEN"])]
+if _env["GATEWAY_ADMIN_LISTEN"] is not None:
+    # The admin's own listener: proxy.middleware serves the admin only here, and no route.
+    bind.append(_address(*_env["GATEWAY_ADMIN_LISTEN"]))
 
 worker_class = "gevent"
 _requested_workers = _env["GATEWAY_WORKERS"]

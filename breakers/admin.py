@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 
 from breakers import services
 from breakers.models import Breaker, BreakerConfig, BreakerTransition
+from gateway_project import store
 
 ACTIONS = {
     "reset": "Reset (close and clear counts)",
@@ -56,6 +57,15 @@ class BreakerAdmin(admin.ModelAdmin):
     def live_view(self, request: HttpRequest):
         if not self.has_view_permission(request):
             raise PermissionDenied
+        statuses = services.live_states(client=store.page_client())
+        unavailable = next((s.error for s in statuses if s.error), None)
+        if unavailable is not None:
+            self.message_user(
+                request,
+                f"Redis did not answer ({unavailable}); the live state of the breakers is unknown. "
+                "The gateways keep deciding on their own until it is back.",
+                messages.WARNING,
+            )
         return TemplateResponse(
             request,
             "admin/breakers/live.html",
@@ -63,7 +73,7 @@ class BreakerAdmin(admin.ModelAdmin):
                 **self.admin_site.each_context(request),
                 "title": "Circuit breakers",
                 "opts": self.model._meta,
-                "statuses": services.live_states(),
+                "statuses": statuses,
                 "actions": ACTIONS,
                 "can_act": self.has_change_permission(request),
             },

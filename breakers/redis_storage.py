@@ -95,9 +95,9 @@ def parse_message(data: bytes | str) -> tuple[int, View] | None:
         return None
 
 
-def pop_events(upstream_id: int, limit: int = 100) -> list[tuple[int, str, str, str, str]]:
+def pop_events(upstream_id: int, limit: int = 100, client=None) -> list[tuple[int, str, str, str, str]]:
     """Take transition events off an upstream's list: (at ms, from, to, actor, reason), oldest first."""
-    client = store.ops_client()
+    client = client or store.ops_client()
     raw = client.rpop(keys(upstream_id)[2], limit) or []
     events = []
     for item in raw:
@@ -119,9 +119,9 @@ def name_of(upstream_id: int) -> str:
     return name.decode() if name else f"#{upstream_id}"
 
 
-def window_counts(upstream_id: int, policy: BreakerSettings) -> tuple[int, int]:
+def window_counts(upstream_id: int, policy: BreakerSettings, client=None) -> tuple[int, int]:
     """(calls, failures) in the failure-rate window, for operators (includes the newest buckets)."""
-    client = store.ops_client()
+    client = client or store.ops_client()
     fields = {k.decode(): int(v) for k, v in client.hgetall(keys(upstream_id)[1]).items()}
     seconds = client.time()[0]
     width = max(1, -(-policy.window_seconds // 60))

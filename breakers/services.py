@@ -90,17 +90,28 @@ def mode_of(upstream) -> str:
     return policy_of(upstream).mode
 
 
-def live_states(*, names: list[str] | None = None) -> list[BreakerStatus]:
-    """Every breaker's live state, read from Redis (and the last transition from the history)."""
+def live_states(*, names: list[str] | None = None, client=None) -> list[BreakerStatus]:
+    """Every breaker's live state, read from Redis (and the last transition from the history).
+
+    After the first Redis error the others are reported unknown without asking again, so a mute Redis costs
+    one timeout per call, not one per upstream; `client` is the Redis client to read with (pages pass a
+    short-budget one).
+    """
     statuses = []
+    redis_error: str | None = None
     for upstream in _upstreams(names):
         policy = policy_of(upstream)
-        sync.record_events(upstream.id)
+        view = None
+        if redis_error is None:
+            try:
+                view = RedisStorage(client).view(BreakerId(upstream.id, upstream.name), policy)
+                calls, failures = redis_storage.window_counts(upstream.id, policy, client=client)
+            except RedisError as exc:  # Redis unavailable: say so per breaker, show the rest
+                redis_error = type(exc).__name__
+            else:
+                sync.record_events(upstream.id, client=client)
         last = BreakerTransition.objects.filter(upstream_id=upstream.id).first()
-        try:
-            view = _storage.view(BreakerId(upstream.id, upstream.name), policy)
-            calls, failures = redis_storage.window_counts(upstream.id, policy)
-        except RedisError as exc:  # Redis unavailable: say so per breaker, show the rest
+        if view is None:
             statuses.append(
                 BreakerStatus(
                     upstream.id,
@@ -112,7 +123,7 @@ def live_states(*, names: list[str] | None = None) -> list[BreakerStatus]:
                     0,
                     None,
                     last,
-                    error=type(exc).__name__,
+                    error=redis_error,
                 )
             )
             continue

@@ -51,12 +51,12 @@ def _flush(found: gate.Entry, successes: int, storage: BreakerStorage) -> View:
     return storage.flush(found.ref, found.policy, successes=successes)
 
 
-def record_events(upstream_id: int) -> int:
+def record_events(upstream_id: int, client=None) -> int:
     """Move an upstream's transition events from Redis into the database history."""
     from breakers.models import BreakerTransition
 
     try:
-        events = redis_storage.pop_events(upstream_id)
+        events = redis_storage.pop_events(upstream_id, client=client)
     except RedisError:
         return 0
     if not events:

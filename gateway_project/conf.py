@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,17 @@ def listen(name: str, raw: str) -> tuple[str, int]:
     if not 0 < port_number < 65536:
         raise ImproperlyConfigured(f"{name}: port must be between 1 and 65535, got {port_number}")
     return host, port_number
+
+
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def host_name(name: str, raw: str) -> str:
+    """A DNS host name, lower-cased and without a trailing dot."""
+    host = raw.lower().rstrip(".")
+    if not _HOST_NAME.fullmatch(host):
+        raise ImproperlyConfigured(f"{name}: expected a host name such as admin.gateway.internal, got {raw!r}")
+    return host
 
 
 def choice(*options: str, upper: bool = False) -> Callable[[str, str], str]:
@@ -215,6 +227,18 @@ SETTINGS: tuple[Setting, ...] = (
         "Client networks that may reach the admin and `/_gateway/api`.",
     ),
     Setting(
+        "GATEWAY_ADMIN_HOST",
+        host_name,
+        None,
+        "Serve the admin and `/_gateway/api` only on this host name, and no route there (recommended in production).",
+    ),
+    Setting(
+        "GATEWAY_ADMIN_LISTEN",
+        listen,
+        None,
+        "A second listen address for the admin and `/_gateway/api` alone (no route is served there).",
+    ),
+    Setting(
         "GATEWAY_ADMIN_PATH",
         admin_path,
         "/admin",
@@ -231,6 +255,18 @@ SETTINGS: tuple[Setting, ...] = (
         integer(0, 64 * 1024 * 1024),
         1024 * 1024,
         "Request bodies up to this size are buffered so they can be retried.",
+    ),
+    Setting(
+        "GATEWAY_CLIENT_BODY_TIMEOUT",
+        number(0.1, 3600),
+        20.0,
+        "Seconds a request body may stall, and after which it must keep the minimum rate; then 408.",
+    ),
+    Setting(
+        "GATEWAY_CLIENT_BODY_MIN_RATE",
+        number(0),
+        500.0,
+        "Bytes per second a request body must average once it has taken the timeout above; 0 = no minimum.",
     ),
     Setting(
         "GATEWAY_POOL_MAXSIZE",
@@ -273,7 +309,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Hot-path Redis connections per worker.",
         tuning=True,
     ),
-    Setting("GATEWAY_REDIS_OPS_TIMEOUT", number(0.01, 60), 2.0, "Redis timeout for admin pages and commands, seconds."),
+    Setting(
+        "GATEWAY_REDIS_OPS_TIMEOUT", number(0.01, 60), 2.0, "Redis timeout for admin actions and commands, seconds."
+    ),
+    Setting(
+        "GATEWAY_REDIS_PAGE_TIMEOUT",
+        number(0.01, 60),
+        0.25,
+        "Redis timeout for pages that only read (live admin views, the demo switch); then they say it is down.",
+    ),
     Setting(
         "GATEWAY_REDIS_OPS_MAX_CONNECTIONS",
         integer(1, 1000),
@@ -379,6 +423,9 @@ def read(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             values[setting.env] = setting.default_for(values)
         else:
             values[setting.env] = setting.parse(setting.env, raw)
+    admin_listen = values["GATEWAY_ADMIN_LISTEN"]
+    if admin_listen is not None and admin_listen[1] == values["GATEWAY_LISTEN"][1]:
+        raise ImproperlyConfigured("GATEWAY_ADMIN_LISTEN: must use another port than GATEWAY_LISTEN")
     if not values["SECRET_KEY"] and not values["DEBUG"]:
         raise ImproperlyConfigured("SECRET_KEY: required when DEBUG is off (use a long random string)")
     return values

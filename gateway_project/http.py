@@ -11,26 +11,30 @@ def environ_key(header: str) -> str:
     return "HTTP_" + header.upper().replace("-", "_")
 
 
-def still_open(sock: socket.socket | None) -> bool:
-    """Whether an idle connection can be reused: a non-blocking one-byte peek, one system call.
+IDLE, DATA, CLOSED = "idle", "data", "closed"
 
-    Nothing to read means open and idle; end of file, bytes nobody asked for, or an error mean it is not. (A
-    readiness poll answers the same question, but under gevent it builds hub watchers on every call, about 4 %
-    of a worker's time here.) Not yet connected counts as open: it connects on first use. TLS sockets cannot
-    peek; the next read finds out.
+
+def peek(sock: socket.socket) -> str:
+    """What a connection holds right now, without reading it: IDLE (nothing to read), DATA or CLOSED.
+
+    A non-blocking one-byte peek: one system call. (A readiness poll answers the same question, but under
+    gevent it builds hub watchers on every call, about 4 % of a worker's time here.) TLS sockets cannot peek:
+    IDLE, and the next read finds out.
     """
-    if sock is None:
-        return True
     timeout = sock.gettimeout()
     try:
         sock.settimeout(0.0)
-        sock.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return True
-    except ValueError:
-        return True
+        data = sock.recv(1, socket.MSG_PEEK)
+    except (BlockingIOError, ValueError):
+        return IDLE
     except OSError:
-        return False
+        return CLOSED
     finally:
         sock.settimeout(timeout)
-    return False
+    return DATA if data else CLOSED
+
+
+def still_open(sock: socket.socket | None) -> bool:
+    """Whether an idle kept-alive connection can be reused: open and holding no bytes nobody asked for. Not yet
+    connected counts as open: it connects on first use."""
+    return sock is None or peek(sock) == IDLE

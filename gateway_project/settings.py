@@ -97,7 +97,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "gateway_project.django_metrics.PrometheusAfterMiddleware",
 ]
 GATEWAY_PIPELINE = [
     "limits.middleware.ApiKeyMiddleware",
@@ -146,6 +146,19 @@ WHITENOISE_USE_FINDERS = DEBUG
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = _env["GATEWAY_SECURE_COOKIES"]
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+CSRF_COOKIE_HTTPONLY = True
+# The admin's cookies share an origin with every route unless GATEWAY_ADMIN_HOST separates them, so they carry
+# names no upstream uses (the proxy strips them from forwarded requests and refuses upstream Set-Cookies for
+# them: proxy/cookies.py). Over HTTPS the __Host- prefix makes browsers refuse any version of them that is not
+# Secure, host-only and Path=/ (a sibling subdomain cannot plant one); the prefix requires Path=/, and the
+# admin path scopes them over plain HTTP instead.
+if SESSION_COOKIE_SECURE:
+    SESSION_COOKIE_NAME, CSRF_COOKIE_NAME = "__Host-gateway-session", "__Host-gateway-csrf"
+else:
+    SESSION_COOKIE_NAME, CSRF_COOKIE_NAME = "gateway-session", "gateway-csrf"
+    SESSION_COOKIE_PATH = CSRF_COOKIE_PATH = _admin
+# Admin messages live in the session, not in a cookie of their own.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 X_FRAME_OPTIONS = "DENY"
 
 LOGGING_CONFIG = "gateway_project.logging.configure"

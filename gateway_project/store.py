@@ -5,13 +5,15 @@ and otherwise an embedded in-process store (fakeredis with Lua). The embedded st
 process, so gunicorn then runs a single worker; with DEBUG off it is refused unless
 `GATEWAY_ALLOW_EMBEDDED_STORE` is set.
 
-Two clients exist per process:
+Three clients exist per process (and one for subscriptions):
 
 - the hot-path client (`client()`): tens-of-milliseconds connect and socket timeouts, no retries, a bounded
   pool. A Redis that is down, hung or slow costs a request at most the timeout, then the caller's failure
   policy applies.
-- the operations client (`ops_client()`): second-scale timeouts for admin pages, commands and config
-  publishing, where waiting a little is better than failing.
+- the operations client (`ops_client()`): second-scale timeouts for commands, admin actions and config
+  publishing, where waiting a little is better than failing;
+- the page client (`page_client()`): a quarter-second budget for pages that only read, which say that Redis
+  is unavailable rather than make an operator wait.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ def _build(kind: str) -> redis.Redis:
         connect_timeout = settings.GATEWAY_REDIS_CONNECT_TIMEOUT
         socket_timeout = settings.GATEWAY_REDIS_SOCKET_TIMEOUT
         max_connections = settings.GATEWAY_REDIS_MAX_CONNECTIONS
+    elif kind == "page":
+        connect_timeout = socket_timeout = settings.GATEWAY_REDIS_PAGE_TIMEOUT
+        max_connections = settings.GATEWAY_REDIS_OPS_MAX_CONNECTIONS
     else:
         connect_timeout = socket_timeout = settings.GATEWAY_REDIS_OPS_TIMEOUT
         max_connections = settings.GATEWAY_REDIS_OPS_MAX_CONNECTIONS
@@ -109,8 +114,13 @@ def client() -> redis.Redis:
 
 
 def ops_client() -> redis.Redis:
-    """The client for admin pages, management commands and config publishing."""
+    """The client for management commands, admin actions and config publishing."""
     return _get("ops")
+
+
+def page_client() -> redis.Redis:
+    """The client for pages that read Redis: a short budget, so a mute Redis costs a page a fraction of a second."""
+    return _get("page")
 
 
 class Script:

@@ -10,6 +10,7 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 from redis.exceptions import RedisError
 
+from gateway_project import store
 from limits import services
 from limits.models import ApiKey, Consumer, RateLimitPolicy
 
@@ -117,7 +118,7 @@ class RateLimitPolicyAdmin(admin.ModelAdmin):
         if not obj.pk:
             return "Save the policy to see its live counters."
         try:
-            rows = services.policy_usage(policy=obj, top=10)
+            rows = services.policy_usage(policy=obj, top=10, client=store.page_client())
         except RedisError as exc:
             return f"Redis is unavailable ({type(exc).__name__}); no live usage."
         link = reverse("admin:limits_ratelimitpolicy_usage", args=[obj.pk])
@@ -152,7 +153,7 @@ class RateLimitPolicyAdmin(admin.ModelAdmin):
             return HttpResponseRedirect(reverse("admin:index"))
         error = None
         try:
-            rows = services.policy_usage(policy=policy, top=100)
+            rows = services.policy_usage(policy=policy, top=100, client=store.page_client())
         except RedisError as exc:
             rows, error = [], f"Redis is unavailable ({type(exc).__name__})."
         return TemplateResponse(

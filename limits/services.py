@@ -37,8 +37,8 @@ class CounterUsage:
     expires_in: float
 
 
-def policy_usage(*, policy: RateLimitPolicy, top: int = 20) -> list[CounterUsage]:
-    """The busiest counters of a policy right now, read from Redis."""
+def policy_usage(*, policy: RateLimitPolicy, top: int = 20, client=None) -> list[CounterUsage]:
+    """The busiest counters of a policy right now, read from Redis (with `client`, pages pass a short budget)."""
     compiled = compile_policy(policy)
     rows = storage.usage(
         compiled.key_prefix,
@@ -46,6 +46,7 @@ def policy_usage(*, policy: RateLimitPolicy, top: int = 20) -> list[CounterUsage
         limit=compiled.limit,
         window=compiled.window,
         burst=compiled.burst,
+        client=client,
     )
     capacity = compiled.burst if compiled.algorithm == "G" else compiled.limit
     return [CounterUsage(key, key[len(compiled.key_prefix) :], used, capacity, ttl) for key, used, ttl in rows[:top]]

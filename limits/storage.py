@@ -25,12 +25,12 @@ def check(keys: list[str], args: list[str]) -> list[int]:
     return _script(keys, [member, *args])
 
 
-def usage(prefix: str, *, algorithm: str, limit: int, window: int, burst: int, scan_limit: int = 10_000):
+def usage(prefix: str, *, algorithm: str, limit: int, window: int, burst: int, scan_limit: int = 10_000, client=None):
     """Counters under `prefix` with their current use, busiest first: [(key, used, ttl seconds)].
 
     Reads live from Redis with SCAN (at most `scan_limit` keys), for the admin page.
     """
-    client = store.ops_client()
+    client = client or store.ops_client()
     keys = []
     for key in client.scan_iter(match=_escape(prefix) + "*", count=1000):
         keys.append(key.decode())

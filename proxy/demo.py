@@ -30,11 +30,12 @@ def _failure_key() -> str:
     return store.key("demo", "failing")
 
 
-def _failing() -> bool:
+def _failing() -> bool | None:
+    """Whether the failure switch is on; None when Redis cannot say within the page budget."""
     try:
-        return bool(store.ops_client().exists(_failure_key()))
+        return bool(store.page_client().exists(_failure_key()))
     except RedisError:
-        return False
+        return None
 
 
 def _json(body: dict, status: int = 200) -> HttpResponse:
@@ -42,8 +43,11 @@ def _json(body: dict, status: int = 200) -> HttpResponse:
 
 
 def _echo(request: HttpRequest, status: int = 200, **extra) -> HttpResponse:
-    if _failing():
+    failing = _failing()
+    if failing:
         return _json({"error": "simulated failure", "hint": "POST /_demo/simulate-recovery"}, status=503)
+    if failing is None:
+        extra["failure_switch"] = "unknown: Redis is unavailable, so the demo answers as if it were off"
     body = request.body
     headers = {k: v for k, v in request.headers.items() if k.lower() != "cookie"}
     return _json(
@@ -82,15 +86,26 @@ def status(request: HttpRequest, code: int) -> HttpResponse:
 @csrf_exempt
 @require_POST
 def simulate_failure(request: HttpRequest) -> HttpResponse:
-    store.ops_client().set(_failure_key(), 1, ex=FAILURE_TTL)
+    try:
+        store.page_client().set(_failure_key(), 1, ex=FAILURE_TTL)
+    except RedisError as exc:
+        return _redis_unavailable(exc)
     return _json({"failing": True, "note": f"every /_demo/ answer is 503 for up to {FAILURE_TTL} s"})
 
 
 @csrf_exempt
 @require_POST
 def simulate_recovery(request: HttpRequest) -> HttpResponse:
-    store.ops_client().delete(_failure_key())
+    try:
+        store.page_client().delete(_failure_key())
+    except RedisError as exc:
+        return _redis_unavailable(exc)
     return _json({"failing": False})
+
+
+def _redis_unavailable(exc: RedisError) -> HttpResponse:
+    message = f"Redis is unavailable ({type(exc).__name__}); the failure switch did not change."
+    return _json({"error": "redis_unavailable", "message": message}, status=503)
 
 
 urlpatterns = [

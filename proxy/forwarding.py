@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import urllib3
 from django.conf import settings
-from urllib3.connection import HTTPConnection
-from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -31,6 +32,7 @@ from urllib3.response import BaseHTTPResponse
 from gateway_project.context import AttemptObserver
 from gateway_project.http import still_open
 from proxy.routing import UpstreamTarget
+from proxy.upstream_response import HEADER_DEADLINE, HeaderDeadline, UpstreamHTTPResponse
 
 
 class UpstreamFailed(Exception):
@@ -39,6 +41,18 @@ class UpstreamFailed(Exception):
     def __init__(self, message: str, *, timeout: bool, retry_reasons: list[str]) -> None:
         super().__init__(message)
         self.timeout = timeout
+        self.retry_reasons = retry_reasons
+
+    @property
+    def retries(self) -> int:
+        return len(self.retry_reasons)
+
+
+class ClientGone(Exception):
+    """The client closed its connection while the retries waited; nothing more is sent upstream."""
+
+    def __init__(self, *, retry_reasons: list[str]) -> None:
+        super().__init__("the client closed its connection during the retries")
         self.retry_reasons = retry_reasons
 
     @property
@@ -72,6 +86,8 @@ class KeepAliveHTTPConnection(HTTPConnection):
     socket for readability; gateway_project.http.still_open answers with one peek instead.
     """
 
+    response_class = UpstreamHTTPResponse
+
     @property
     def is_connected(self) -> bool:
         return self.sock is not None and still_open(self.sock)
@@ -79,6 +95,14 @@ class KeepAliveHTTPConnection(HTTPConnection):
 
 class KeepAliveHTTPConnectionPool(HTTPConnectionPool):
     ConnectionCls = KeepAliveHTTPConnection
+
+
+class UpstreamHTTPSConnection(HTTPSConnection):
+    response_class = UpstreamHTTPResponse
+
+
+class UpstreamHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = UpstreamHTTPSConnection
 
 
 _pools_lock = threading.Lock()
@@ -97,7 +121,10 @@ def pool_manager() -> urllib3.PoolManager:
                     block=False,
                     retries=False,
                 )
-                manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "http": KeepAliveHTTPConnectionPool}
+                manager.pool_classes_by_scheme = {
+                    "http": KeepAliveHTTPConnectionPool,
+                    "https": UpstreamHTTPSConnectionPool,
+                }
                 _pool_manager = manager
     return _pool_manager
 
@@ -142,6 +169,7 @@ def send(
     replayable: bool,
     chunked: bool = False,
     observer: AttemptObserver | None = None,
+    client_gone: Callable[[], bool] | None = None,
     sleep=time.sleep,
     clock=time.monotonic,
 ) -> Exchange:
@@ -152,11 +180,20 @@ def send(
     retry = upstream.retry if replayable else upstream.retry.new(read=0, status=0)
     started = clock()
     deadline = started + upstream.deadline
+    # Read by UpstreamHTTPResponse.begin(): the head must arrive by then, however slowly its bytes drip in.
+    header_deadline = HeaderDeadline(time.monotonic() + upstream.deadline)
+    HEADER_DEADLINE.set(header_deadline)
+    if not replayable and body is not None:
+        body = header_deadline.excluding_client(body)
+    sent = False
     reasons: list[str] = []
     while True:
         remaining = deadline - clock()
         if remaining <= 0:
             raise UpstreamFailed("deadline exceeded", timeout=True, retry_reasons=reasons)
+        if sent and client_gone is not None and client_gone():
+            raise ClientGone(retry_reasons=reasons)
+        sent = True
         attempt_started = clock()
         try:
             response = pool.urlopen(

@@ -11,6 +11,7 @@ from urllib3.util import SKIP_HEADER
 
 from gateway_project.client_ip import normalize
 from gateway_project.http import environ_key
+from proxy.cookies import sets_gateway_cookie, without_gateway_cookies
 
 HOP_BY_HOP = frozenset(
     {
@@ -53,6 +54,9 @@ FORWARDED_FAMILY = "HTTP_X_FORWARDED_"
 
 #: Upstream response headers replaced by the gateway's own (gunicorn writes Server and Date).
 GATEWAY_RESPONSE_HEADERS = frozenset({"server", "date", "x-request-id"})
+#: The legacy rate-limit fields: when the gateway sends any, none of the upstream's go with them, so a client
+#: never reads a mixture of two limiters.
+LEGACY_RATELIMIT_PREFIX = "x-ratelimit-"
 
 
 _DROP_REQUEST_KEYS = frozenset(environ_key(n) for n in HOP_BY_HOP | GATEWAY_REQUEST_HEADERS)
@@ -106,6 +110,13 @@ def upstream_request_headers(
     for key, value in environ.items():
         if key.startswith("HTTP_") and key not in drop and not key.startswith(FORWARDED_FAMILY):
             headers[_header_name(key)] = value
+    cookie = headers.get("Cookie")
+    if cookie:
+        cookie = without_gateway_cookies(cookie)
+        if cookie:
+            headers["Cookie"] = cookie
+        else:
+            del headers["Cookie"]
     content_type = environ.get("CONTENT_TYPE")
     if content_type:
         headers["Content-Type"] = content_type
@@ -135,9 +146,63 @@ def upstream_request_headers(
 
 
 def client_response_headers(upstream_headers) -> list[tuple[str, str]]:
-    """The upstream's response headers as (name, value) lines, repeated ones (Set-Cookie) kept apart."""
+    """The upstream's response headers as (name, value) lines, repeated ones (Set-Cookie) kept apart; never a
+    Set-Cookie for one of the gateway's own cookies."""
     drop = _DROP_RESPONSE
     connection = upstream_headers.get("Connection")
     if connection:
         drop = drop | connection_tokens(connection)
-    return [(name, value) for name, value in upstream_headers.iteritems() if name.lower() not in drop]
+    return [
+        (name, value)
+        for name, value in upstream_headers.iteritems()
+        if name.lower() not in drop and not (name.lower() == "set-cookie" and sets_gateway_cookie(value))
+    ]
+
+
+def merge_response_headers(own, upstream_lines: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The lines of a relayed response: the gateway's own fields, then the upstream's, minus its copies of any
+    field the gateway set (RateLimit, X-RateLimit-*, X-Request-ID, ...); Server-Timing becomes one list, the
+    gateway's entries first, then the upstream's whose names the gateway does not use."""
+    lines = list(own.items())
+    if not upstream_lines:
+        return lines
+    owned = {name.lower() for name in own}
+    legacy = any(name.startswith(LEGACY_RATELIMIT_PREFIX) for name in owned)
+    timings: list[str] = []
+    relayed = []
+    for name, value in upstream_lines:
+        lower = name.lower()
+        if lower in owned or (legacy and lower.startswith(LEGACY_RATELIMIT_PREFIX)):
+            if lower == "server-timing":
+                timings.append(value)
+            continue
+        relayed.append((name, value))
+    if timings:
+        own_timing = own["Server-Timing"]
+        taken = {_metric_name(entry) for entry in list_members(own_timing)}
+        extra = [entry for value in timings for entry in list_members(value) if _metric_name(entry) not in taken]
+        if extra:
+            merged = ", ".join([own_timing, *extra])
+            lines = [(name, merged if name.lower() == "server-timing" else value) for name, value in lines]
+    return lines + relayed
+
+
+def list_members(value: str) -> list[str]:
+    """The members of a comma-separated field value, a comma inside a quoted string kept (RFC 9110 §5.6.1)."""
+    members, start, quoted, escaped = [], 0, False, False
+    for index, char in enumerate(value):
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            members.append(value[start:index].strip())
+            start = index + 1
+    members.append(value[start:].strip())
+    return [member for member in members if member]
+
+
+def _metric_name(entry: str) -> str:
+    return entry.partition(";")[0].strip().lower()

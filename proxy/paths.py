@@ -2,9 +2,10 @@
 
 The forwarded URL is the upstream's base URL plus the rest of the client's path, sent byte for byte as the
 client wrote it. To keep "the rest" inside the base path whatever the upstream's own decoding does, a path is
-refused (400) when, decoded, it holds a '.' or '..' segment (also as '..;', and after Unicode normalization), an
-empty segment, a backslash or a control character, when decoding adds a '/' (an encoded slash), or when it is
-percent-encoded twice. Matching ignores ';parameters', as many servers do.
+refused (400) when, decoded, it holds a '.' or '..' segment (also as '..;'), an empty segment, a backslash or a
+control character, when decoding adds a '/' (an encoded slash), or when it is percent-encoded twice; and when
+its Unicode normalization (NFKC), which some servers apply after decoding, does any of that (the fullwidth
+forms of '%2e' become '%2e'). Matching ignores ';parameters', as many servers do.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Target:
     raw_path: str
     query: str
     path: str  # for matching: decoded once, ';parameters' removed from every segment
+    folded: str | None = None  # `path` after Unicode normalization (NFKC), when that changes it
 
 
 def parse_target(environ: dict) -> Target:
@@ -42,22 +44,33 @@ def parse_target(environ: dict) -> Target:
     raw_path, _, query = raw.partition("?")
     if "#" in raw:
         raise BadPath("a request target cannot carry a fragment")
-    path = check_path(raw_path)
+    path, folded = _check(raw_path)
     if ";" in path:
         # Servers such as Tomcat and Spring ignore ';parameters': /admin;x=1/users must match as /admin/users.
-        path = "/".join(segment.partition(";")[0] for segment in path.split("/"))
-    return Target(raw_path=raw_path, query=query, path=path)
+        path = _without_parameters(path)
+        if folded is not None:
+            folded = _without_parameters(folded)
+    return Target(raw_path=raw_path, query=query, path=path, folded=folded)
+
+
+def _without_parameters(path: str) -> str:
+    return "/".join(segment.partition(";")[0] for segment in path.split("/"))
 
 
 def check_path(raw_path: str) -> str:
     """Validate a raw (percent-encoded) path; return it decoded once."""
+    return _check(raw_path)[0]
+
+
+def _check(raw_path: str) -> tuple[str, str | None]:
+    """(the path decoded once, the same after NFKC normalization if that changes it); BadPath if unsafe."""
     if not _RAW_PATH_RE.match(raw_path):
         raise BadPath("the path holds characters that must be percent-encoded, or a malformed %-escape")
     if "//" in raw_path:
         raise BadPath("the path holds an empty segment ('//')")
     if "%" not in raw_path:
         _check_segments(raw_path)
-        return raw_path
+        return raw_path, None
     slashes = raw_path.count("/")
     once = unquote(raw_path, errors="surrogateescape")
     if once.count("/") != slashes or "\\" in once:
@@ -69,13 +82,17 @@ def check_path(raw_path: str) -> str:
         # that decodes twice.
         raise BadPath("the path is percent-encoded more than once")
     _check_segments(once)
-    if not once.isascii():
-        # Fullwidth dots and slashes become '.', '/' under Unicode normalization (NFKC), which some servers apply.
-        folded = unicodedata.normalize("NFKC", once)
-        if folded.count("/") != slashes or "\\" in folded:
-            raise BadPath("the path holds a character that normalizes to '/' or '\\'")
-        _check_segments(folded)
-    return once
+    if once.isascii():
+        return once, None
+    # Fullwidth dots, slashes and percent signs become '.', '/' and '%' under Unicode normalization (NFKC),
+    # which some servers apply after decoding: the normalized path must pass the same checks.
+    folded = unicodedata.normalize("NFKC", once)
+    if folded.count("/") != slashes or "\\" in folded:
+        raise BadPath("the path holds a character that normalizes to '/' or '\\'")
+    if _ESCAPE_RE.search(folded):
+        raise BadPath("the path holds characters that normalize to a %-escape")
+    _check_segments(folded)
+    return once, (folded if folded != once else None)
 
 
 def _check_segments(path: str) -> None:

@@ -18,7 +18,9 @@ from urllib3.exceptions import HTTPError
 from gateway_project import metrics
 from gateway_project.responses import json_error
 from proxy import forwarding, headers
-from proxy.forwarding import BodyTooLarge, ClientBodyError, UpstreamFailed
+from proxy.client_body import ClientBodyTimeout, TimedInput
+from proxy.disconnect import gone_check
+from proxy.forwarding import BodyTooLarge, ClientBodyError, ClientGone, UpstreamFailed
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +30,13 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 
 
 class _UpstreamHeaders:
-    """Relays the upstream's header lines as they came (repeated Set-Cookie included) after the gateway's."""
+    """Relays the upstream's header lines as they came (repeated Set-Cookie included) after the gateway's, except
+    its copies of fields the gateway set."""
 
     upstream_headers: list[tuple[str, str]]
 
     def items(self):
-        return [*self.headers.items(), *self.upstream_headers]
+        return headers.merge_response_headers(self.headers, self.upstream_headers)
 
 
 class UpstreamResponse(_UpstreamHeaders, HttpResponse):
@@ -75,10 +78,14 @@ class UpstreamBody:
 class ProxyView:
     """The end of the gateway pipeline, built once per worker with its settings."""
 
-    def __init__(self, *, retry_buffer: int, via: str, consumer_header: str) -> None:
+    def __init__(
+        self, *, retry_buffer: int, via: str, consumer_header: str, body_timeout: float, body_min_rate: float
+    ) -> None:
         self.retry_buffer = retry_buffer
         self.via = via
         self.consumer_header = consumer_header
+        self.body_timeout = body_timeout
+        self.body_min_rate = body_min_rate
 
     @classmethod
     def from_settings(cls) -> ProxyView:
@@ -86,6 +93,8 @@ class ProxyView:
             retry_buffer=settings.GATEWAY_RETRY_BUFFER_BYTES,
             via=settings.GATEWAY_VIA,
             consumer_header=settings.GATEWAY_CONSUMER_HEADER,
+            body_timeout=settings.GATEWAY_CLIENT_BODY_TIMEOUT,
+            body_min_rate=settings.GATEWAY_CLIENT_BODY_MIN_RATE,
         )
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
@@ -97,6 +106,8 @@ class ProxyView:
 
         try:
             body, replayable, chunked = self._request_body(request, ctx, route.max_body_bytes)
+        except ClientBodyTimeout as exc:
+            return _body_timeout(request, ctx, exc)
         except ClientBodyError as exc:
             ctx.log.update(client_error=str(exc))
             return json_error(request, 400, "bad_request", "The request body could not be read.")
@@ -136,7 +147,14 @@ class ProxyView:
                 replayable=replayable,
                 chunked=chunked,
                 observer=ctx.attempt_observer,
+                client_gone=gone_check(request.environ),
             )
+        except ClientGone as exc:
+            elapsed = ctx.timings["upstream"] = time.perf_counter() - started
+            metrics.observe_upstream(upstream=upstream.name, seconds=elapsed, retry_reasons=exc.retry_reasons)
+            ctx.log.update(retries=exc.retries, upstream_ms=round(elapsed * 1000, 3), client_error=str(exc))
+            # nginx's 499 "client closed request": for the access log and metrics; the client reads nothing.
+            return json_error(request, 499, "client_closed_request", "The client closed its connection.")
         except UpstreamFailed as exc:
             elapsed = ctx.timings["upstream"] = time.perf_counter() - started
             metrics.observe_upstream(upstream=upstream.name, seconds=elapsed, retry_reasons=exc.retry_reasons)
@@ -150,6 +168,8 @@ class ProxyView:
             )
         except BodyTooLarge:
             return _too_large(request, route.max_body_bytes)
+        except ClientBodyTimeout as exc:
+            return _body_timeout(request, ctx, exc)
         except ClientBodyError as exc:
             ctx.log.update(client_error=str(exc))
             return json_error(request, 400, "bad_request", "The request body could not be read.")
@@ -162,9 +182,9 @@ class ProxyView:
     def _request_body(self, request: HttpRequest, ctx, limit: int):
         """(body, replayable, chunked) for urllib3, or an error response for a body we will not forward."""
         environ = request.environ
-        stream = environ["wsgi.input"]
         length_header = environ.get("CONTENT_LENGTH")
         if length_header:
+            stream = self._timed_input(environ)
             try:
                 length = int(length_header)
             except ValueError:
@@ -180,6 +200,7 @@ class ProxyView:
                 return data, True, False
             return _stream_fixed(ctx, stream, length), False, False
         if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            stream = self._timed_input(environ)
             head = _read(stream, self.retry_buffer + 1)
             if limit and len(head) > limit:
                 return _too_large(request, limit), False, False
@@ -187,6 +208,14 @@ class ProxyView:
                 return head, True, False
             return _stream_chunked(ctx, stream, head, limit), False, True
         return None, True, False
+
+    def _timed_input(self, environ: dict) -> TimedInput:
+        return TimedInput(environ, idle=self.body_timeout, min_rate=self.body_min_rate)
+
+
+def _body_timeout(request: HttpRequest, ctx, exc: ClientBodyTimeout) -> HttpResponse:
+    ctx.log.update(client_error=str(exc))
+    return json_error(request, 408, "request_timeout", "The request body did not arrive in time.")
 
 
 def _too_large(request: HttpRequest, limit: int) -> HttpResponse:
@@ -200,6 +229,8 @@ def _read(stream, size: int) -> bytes:
     must never count against the upstream: it is raised as ClientBodyError, which urllib3 passes through."""
     try:
         return stream.read(size)
+    except ClientBodyTimeout:
+        raise
     except Exception as exc:  # gunicorn raises OSErrors and its own parse errors here; none may pass as-is
         raise ClientBodyError(f"reading the request body failed ({type(exc).__name__})") from exc
 

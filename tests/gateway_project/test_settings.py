@@ -54,6 +54,13 @@ def test_good_settings_start():
         ({"GATEWAY_REDIS_SOCKET_TIMEOUT": "0"}, "GATEWAY_REDIS_SOCKET_TIMEOUT"),
         ({"GATEWAY_LOG_FORMAT": "xml"}, "GATEWAY_LOG_FORMAT"),
         ({"GATEWAY_ADMIN_PATH": "/"}, "GATEWAY_ADMIN_PATH"),
+        ({"GATEWAY_REDIS_PAGE_TIMEOUT": "0"}, "GATEWAY_REDIS_PAGE_TIMEOUT"),
+        ({"GATEWAY_CLIENT_BODY_TIMEOUT": "0"}, "GATEWAY_CLIENT_BODY_TIMEOUT"),
+        ({"GATEWAY_CLIENT_BODY_MIN_RATE": "-1"}, "GATEWAY_CLIENT_BODY_MIN_RATE"),
+        ({"GATEWAY_ADMIN_HOST": "admin.example.com:8443"}, "GATEWAY_ADMIN_HOST"),
+        ({"GATEWAY_ADMIN_HOST": "under_score.example"}, "GATEWAY_ADMIN_HOST"),
+        ({"GATEWAY_ADMIN_LISTEN": "10.0.0.1"}, "GATEWAY_ADMIN_LISTEN"),
+        ({"GATEWAY_ADMIN_LISTEN": "127.0.0.1:8000"}, "GATEWAY_ADMIN_LISTEN"),
     ],
 )
 def test_bad_settings_fail_naming_the_setting(env, named):

@@ -10,9 +10,9 @@ import time
 
 import pytest
 import requests
-from django.contrib.auth import get_user_model
 
 from breakers.models import BreakerConfig
+from tests.support.admin import login
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.gateways import start_gateway, talking_to
 
@@ -39,24 +39,6 @@ def behind_proxy(tmp_path_factory, redis_server, django_db_setup, django_db_bloc
 def proxied(behind_proxy, transactional_db):
     with talking_to(behind_proxy):
         yield behind_proxy
-
-
-def login(gateway, client_address: str) -> requests.Session:
-    get_user_model().objects.create_superuser("operator", "op@example.com", "correct horse battery")
-    session = requests.Session()
-    session.headers["X-Forwarded-For"] = client_address
-    page = session.get(gateway.url("/admin/login/"), timeout=10)
-    assert page.status_code == 200
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    response = session.post(
-        gateway.url("/admin/login/?next=/admin/"),
-        data={"csrfmiddlewaretoken": token, "username": "operator", "password": "correct horse battery"},
-        headers={"Referer": gateway.url("/admin/login/")},
-        timeout=10,
-    )
-    assert response.status_code == 200
-    assert "Log out" in response.text
-    return session
 
 
 def admin_post(session, gateway, path: str, data: dict) -> requests.Response:

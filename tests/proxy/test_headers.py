@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from django.http.response import ResponseHeaders
 from urllib3 import HTTPHeaderDict
 from urllib3.util import SKIP_HEADER
 
-from proxy.headers import client_response_headers, connection_tokens, request_drop_keys, upstream_request_headers
+from proxy.headers import (
+    client_response_headers,
+    connection_tokens,
+    list_members,
+    merge_response_headers,
+    request_drop_keys,
+    upstream_request_headers,
+)
 
 DROP = request_drop_keys("X-Consumer-Name")
 
@@ -275,3 +283,51 @@ def test_per_route_private_headers_are_dropped_and_the_consumer_is_set_by_the_ga
 def test_a_client_cannot_name_its_own_consumer():
     headers = forward({"HTTP_X_CONSUMER_NAME": "spoofed"})
     assert "x-consumer-name" not in lower(headers)
+
+
+def own_headers(**fields) -> ResponseHeaders:
+    return ResponseHeaders({name.replace("_", "-"): value for name, value in fields.items()})
+
+
+def test_the_upstreams_copy_of_a_field_the_gateway_set_is_dropped():
+    own = own_headers(X_Request_ID="gw", RateLimit='"p";r=1;t=2')
+    upstream = [("x-request-id", "up"), ("ratelimit", "up"), ("RateLimit-Policy", "up"), ("X-Kept", "1")]
+    assert merge_response_headers(own, upstream) == [
+        ("X-Request-ID", "gw"),
+        ("RateLimit", '"p";r=1;t=2'),
+        ("RateLimit-Policy", "up"),  # the gateway did not set it here
+        ("X-Kept", "1"),
+    ]
+
+
+def test_the_whole_legacy_rate_limit_family_goes_when_the_gateway_sends_any_of_it():
+    own = own_headers(X_RateLimit_Limit="10")
+    upstream = [("X-RateLimit-Limit", "5"), ("X-RateLimit-Used", "1"), ("X-Ratelimit-Bucket", "b")]
+    assert merge_response_headers(own, upstream) == [("X-RateLimit-Limit", "10")]
+    assert merge_response_headers(own_headers(), upstream) == upstream
+
+
+def test_server_timing_is_one_list_without_duplicate_names():
+    own = own_headers(Server_Timing="upstream;dur=3.0, total;dur=4.0")
+    upstream = [("Server-Timing", 'db;dur=1;desc="a, b", total;dur=2'), ("Server-Timing", "Upstream;dur=9, cache")]
+    assert merge_response_headers(own, upstream) == [
+        ("Server-Timing", 'upstream;dur=3.0, total;dur=4.0, db;dur=1;desc="a, b", cache'),
+    ]
+
+
+def test_server_timing_of_the_upstream_passes_when_the_gateway_sends_none():
+    upstream = [("Server-Timing", "db;dur=1"), ("Server-Timing", "app;dur=2")]
+    assert merge_response_headers(own_headers(), upstream) == upstream
+
+
+@pytest.mark.parametrize(
+    ("value", "members"),
+    [
+        ("a, b,c", ["a", "b", "c"]),
+        ('a;desc="x, y", b', ['a;desc="x, y"', "b"]),
+        ('a;desc="q\\", still", b', ['a;desc="q\\", still"', "b"]),
+        (" , a,, ", ["a"]),
+    ],
+)
+def test_list_members_keep_commas_inside_quoted_strings(value, members):
+    assert list_members(value) == members

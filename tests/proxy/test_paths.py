@@ -210,3 +210,26 @@ def test_fallback_still_refuses_dot_segments_and_empty_segments():
         parse_target({"PATH_INFO": "/a//b"})
     with pytest.raises(BadPath):
         parse_target({"PATH_INFO": "/a\\b"})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/a/%EF%BC%85%EF%BC%92%EF%BD%85%EF%BC%85%EF%BC%92%EF%BD%85/b",  # fullwidth '%2e%2e' -> '%2e%2e'
+        "/a/%EF%BC%85%EF%BC%92%EF%BC%A6etc",  # fullwidth '%2F' then 'etc' -> '%2Fetc'
+        "/a/%EF%BC%852e",  # a fullwidth percent sign in front of ASCII hex digits
+        "/a/%EF%B9%AA41",  # the small percent sign
+    ],
+)
+def test_characters_that_normalize_to_a_percent_escape_are_refused(raw):
+    """An upstream that normalizes (NFKC) and then decodes would read '..' or '/' where the gateway saw neither."""
+    with pytest.raises(BadPath, match="normaliz"):
+        check_path(raw)
+
+
+def test_characters_that_normalize_to_letters_pass_and_the_target_says_how_they_fold():
+    assert check_path("/a/%EF%BC%A1%EF%BC%A2%EF%BC%A3") == "/a/\uff21\uff22\uff23"
+    target = parse_target({"RAW_URI": "/a/%EF%BD%81dmin"})
+    assert target.path == "/a/\uff41dmin"
+    assert target.folded == "/a/admin"
+    assert parse_target({"RAW_URI": "/a/caf%C3%A9"}).folded is None

@@ -1,0 +1,261 @@
+"""Answers from upstreams that misbehave, through a real gunicorn gateway: interim responses, broken framing,
+bodies cut short. No answer may reach the wrong client, no client may be told a length that differs from the
+bytes that follow, and a pooled connection is reused only after a complete, well-framed response."""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.support.config import make_policy, make_route, make_upstream, serve
+from tests.support.rawclient import RawClient
+from tests.support.rawupstream import Close, RawUpstream, Scripted, chunked, response, serve_each
+
+
+@pytest.fixture
+def raw_route(live):
+    """Route /raw to a raw upstream running the script a test gives; no retries, so one request is one attempt."""
+    started: list[RawUpstream] = []
+
+    def route(script, **fields) -> RawUpstream:
+        upstream = RawUpstream(script).start()
+        started.append(upstream)
+        options = {"max_retries": 0, "backoff_factor": 0, "backoff_jitter": 0, "read_timeout": 5, **fields}
+        make_route("raw", "/raw", make_upstream("raw", upstream.url, **options), strip_prefix=False)
+        serve(live)
+        return upstream
+
+    yield route
+    for upstream in started:
+        upstream.stop()
+
+
+def echo(request) -> bytes:
+    return response(200, request.target.encode(), [("Content-Type", "text/plain")])
+
+
+def early_hints_then_echo(conn) -> None:
+    """103 at once, the real answer a little later: a connection returned to the pool after the 103 would hand
+    that answer to the next request sent on it."""
+    while (request := conn.read_request()) is not None:
+        conn.send(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+        if conn.server.stopping.wait(0.02):
+            return
+        if not conn.send(echo(request)):
+            return
+
+
+def test_200_clients_each_get_their_own_answer_behind_103_early_hints(live, raw_route):
+    raw_route(early_hints_then_echo)
+
+    def client(n: int) -> list[tuple[int, str, str]]:
+        with requests.Session() as session:
+            results = []
+            for round_ in range(3):
+                path = f"/raw/client-{n}/round-{round_}"
+                answer = session.get(live.url(path), timeout=30)
+                results.append((answer.status_code, answer.text, path))
+            return results
+
+    with ThreadPoolExecutor(200) as pool:
+        results = [r for rs in pool.map(client, range(200)) for r in rs]
+    wrong = [(status, text, path) for status, text, path in results if status != 200 or text != path]
+    assert wrong == [], f"{len(wrong)} of {len(results)} answers were not the client's own, e.g. {wrong[:3]}"
+
+
+@pytest.mark.parametrize(
+    "interim",
+    [
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 102 Processing\r\n\r\n",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 103 Early Hints\r\nLink: </b.js>\r\n\r\n",
+        b"HTTP/1.1 199 Whatever\r\nX-Interim: 1\r\n\r\n",
+    ],
+    ids=["100", "102", "two-103", "199"],
+)
+def test_interim_answers_are_skipped_and_the_connection_stays_in_step(live, raw_route, interim):
+    upstream = raw_route(serve_each(lambda request: interim + echo(request)))
+    with RawClient(live.port) as client:
+        for n in range(3):
+            client.send(f"GET /raw/{n} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            answer = client.read_response()
+            assert (answer.status, answer.body, answer.complete) == (200, f"/raw/{n}".encode(), True)
+            assert answer.header("X-Interim") is None
+    assert {r.connection for r in upstream.requests} == {1}, "a well-framed answer keeps its connection pooled"
+
+
+def test_a_101_the_gateway_did_not_ask_for_is_a_502(live, raw_route):
+    upstream = raw_route(
+        serve_each(lambda request: b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+    )
+    answer = requests.get(live.url("/raw/x"), timeout=10)
+    assert answer.status_code == 502
+    assert answer.json()["error"] == "upstream_unavailable"
+    assert len(upstream.requests) == 1
+
+
+def test_content_length_next_to_chunked_is_never_relayed_and_the_connection_is_not_reused(live, raw_route):
+    smuggling = response(
+        200, chunked(b"hello"), [("Content-Length", "100"), ("Transfer-Encoding", "chunked")], length=False
+    )
+    upstream = raw_route(serve_each(Scripted([smuggling], then=echo)))
+    with RawClient(live.port, timeout=5) as client:
+        client.send(b"GET /raw/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        first = client.read_response()
+        assert first.status == 200
+        assert first.body == b"hello"
+        assert first.complete
+        assert first.header("Content-Length") in (None, "5")
+        client.send(b"GET /raw/second HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        second = client.read_response()
+        assert (second.status, second.body) == (200, b"/raw/second")
+    first_request, second_request = upstream.requests
+    assert second_request.connection != first_request.connection
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        [("Content-Length", "abc")],
+        [("Content-Length", "-5")],
+        [("Content-Length", "5, 7")],
+        [("Content-Length", "5"), ("Content-Length", "7")],
+        [("Transfer-Encoding", "gzip")],
+        [("Transfer-Encoding", "gzip, chunked")],
+        [("Transfer-Encoding", "chunked, chunked")],
+    ],
+    ids=[
+        "cl-not-a-number",
+        "cl-negative",
+        "cl-list-differs",
+        "cl-twice-differs",
+        "te-gzip",
+        "te-gzip-chunked",
+        "te-twice",
+    ],
+)
+def test_an_answer_whose_length_cannot_be_known_is_a_502_and_its_connection_is_dropped(live, raw_route, framing):
+    upstream = raw_route(serve_each(Scripted([response(200, b"hello", framing, length=False)], then=echo)))
+    first = requests.get(live.url("/raw/first"), timeout=10)
+    assert first.status_code == 502
+    assert first.json()["error"] == "upstream_unavailable"
+    second = requests.get(live.url("/raw/second"), timeout=10)
+    assert (second.status_code, second.text) == (200, "/raw/second")
+    assert upstream.requests[1].connection != upstream.requests[0].connection
+
+
+def test_a_repeated_identical_length_is_one_length(live, raw_route):
+    raw_route(serve_each(lambda request: response(200, b"hello", [("Content-Length", "5, 5")], length=False)))
+    with RawClient(live.port) as client:
+        client.send(b"GET /raw/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = client.read_response()
+    assert (answer.status, answer.body, answer.complete) == (200, b"hello", True)
+    assert answer.all("Content-Length") in ([], ["5"])
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        b"HTTP/1.1 200 OK\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/pl",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r",
+    ],
+    ids=["after-status-line", "mid-field", "before-blank-line", "mid-blank-line"],
+)
+def test_a_header_section_cut_off_by_a_close_is_a_502(live, raw_route, cut):
+    raw_route(serve_each(lambda request: Close(cut)))
+    answer = requests.get(live.url("/raw/x"), timeout=10)
+    assert answer.status_code == 502
+    assert answer.json()["error"] == "upstream_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("announced", "sent"),
+    [
+        (200_000, 100_000),  # streamed
+        (1_000, 10),  # read whole before relaying
+    ],
+)
+def test_a_body_shorter_than_its_length_is_never_passed_off_as_complete(live, raw_route, announced, sent):
+    short = Close(response(200, b"x" * sent, [("Content-Length", str(announced))], length=False))
+    raw_route(serve_each(Scripted([short], then=echo)))
+    with RawClient(live.port, timeout=5) as client:
+        client.send(b"GET /raw/short HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = client.read_response()
+        if answer.status == 200:
+            # Headers had gone out: the body must end short and the connection with it.
+            assert not answer.complete
+            assert client.eof
+        else:
+            assert answer.status == 502
+            client.send(b"GET /raw/next HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert client.read_response().body == b"/raw/next"
+
+
+def test_a_chunked_body_cut_off_is_never_passed_off_as_complete(live, raw_route):
+    cut = Close(
+        response(
+            200, b"4000\r\n" + b"y" * 0x4000 + b"\r\n4000\r\nyyy", [("Transfer-Encoding", "chunked")], length=False
+        )
+    )
+    raw_route(serve_each(Scripted([cut], then=echo)))
+    with RawClient(live.port, timeout=5) as client:
+        client.send(b"GET /raw/cut HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = client.read_response()
+        assert answer.status in (200, 502)
+        if answer.status == 200:
+            assert not answer.complete
+            assert client.eof
+
+
+def test_a_well_framed_answer_keeps_its_connection(live, raw_route):
+    upstream = raw_route(serve_each(echo))
+    with RawClient(live.port) as client:  # one client connection: one worker, one pool
+        for n in range(5):
+            client.send(f"GET /raw/{n} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            assert client.read_response().body == f"/raw/{n}".encode()
+    assert {r.connection for r in upstream.requests} == {1}
+
+
+UPSTREAM_OWN_COPIES = [
+    ("RateLimit", '"upstream";r=999;t=1'),
+    ("RateLimit-Policy", '"upstream";q=1000;w=1'),
+    ("X-RateLimit-Limit", "1000"),
+    ("X-RateLimit-Remaining", "999"),
+    ("X-RateLimit-Reset", "1"),
+    ("X-RateLimit-Used", "1"),
+    ("X-Request-ID", "upstream-chose-this"),
+    ("Server-Timing", 'db;dur=12.5;desc="Orders, read", total;dur=99'),
+    ("Server-Timing", "cache;desc=hit"),
+    ("Retry-After", "7"),
+    ("X-Kept", "yes"),
+]
+
+
+def test_the_gateways_own_headers_replace_the_upstreams_copies(live, raw_route):
+    raw_route(serve_each(lambda request: response(200, b"ok", UPSTREAM_OWN_COPIES)))
+    make_policy("per-ip", limit=100, window_seconds=60, legacy_headers=True)
+    serve(live)
+    with RawClient(live.port) as client:
+        client.send(b"GET /raw/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: client-chose-this\r\n\r\n")
+        answer = client.read_response()
+    assert answer.status == 200
+    for name in ("RateLimit", "RateLimit-Policy", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"):
+        assert len(answer.all(name)) == 1, (name, answer.all(name))
+    assert answer.header("RateLimit").startswith('"per-ip";r=99;')
+    assert answer.header("RateLimit-Policy") == '"per-ip";q=100;w=60'
+    assert answer.header("X-RateLimit-Limit") == "100"
+    assert answer.all("X-RateLimit-Used") == [], "no mixture of two limiters' legacy fields"
+    assert answer.all("X-Request-ID") == ["client-chose-this"]
+    (timing,) = answer.all("Server-Timing")
+    names = [entry.strip().split(";")[0] for entry in re.split(r",(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)", timing)]
+    assert names[-2:] == ["db", "cache"], timing
+    assert names.count("total") == 1, timing
+    assert 'desc="Orders, read"' in timing
+    assert answer.all("Retry-After") == ["7"], "the gateway sets no Retry-After on a relayed answer"
+    assert answer.header("X-Kept") == "yes"
