@@ -182,10 +182,19 @@ SETTINGS: tuple[Setting, ...] = (
         "Configuration store; `postgres://user:pass@host/db` in production.",
     ),
     Setting(
+        "GATEWAY_DB_TIMEOUT",
+        number(0.1, 600),
+        5.0,
+        "Seconds a database call may take: connect and statement timeout and TCP keepalive (PostgreSQL), busy "
+        "timeout (SQLite); the configuration watcher gives up on a call after this long and reconnects.",
+    ),
+    Setting(
         "REDIS_URL",
         text,
         "",
-        "Shared state; `redis://`, `rediss://`, `unix://` or `embedded://`.",
+        "Shared state: one Redis or a Redis Cluster node (`redis://`, `rediss://`, `unix://`; cluster seeds "
+        "`redis://h1:7000,h2:7001`), a Sentinel-watched primary (`redis+sentinel://s1:26379,s2:26379/<service>`), "
+        "or `embedded://`.",
     ),
     Setting(
         "GATEWAY_ALLOW_EMBEDDED_STORE",
@@ -270,7 +279,14 @@ SETTINGS: tuple[Setting, ...] = (
         "GATEWAY_REDIS_MAX_CONNECTIONS",
         integer(1, 10_000),
         64,
-        "Hot-path Redis connections per worker.",
+        "Short-timeout Redis connections per worker for the configuration watcher and `/readyz`.",
+        tuning=True,
+    ),
+    Setting(
+        "GATEWAY_REDIS_PIPELINE_WINDOW",
+        integer(1, 100_000),
+        64,
+        "Hot-path commands a worker has written and not yet had answered, per Redis node; more wait in the worker.",
         tuning=True,
     ),
     Setting("GATEWAY_REDIS_OPS_TIMEOUT", number(0.01, 60), 2.0, "Redis timeout for admin pages and commands, seconds."),

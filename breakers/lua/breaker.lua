@@ -3,7 +3,8 @@
 -- KEYS[1] state hash: state, gen, consec, opened, half_opened, probes, probe_ok
 -- KEYS[2] failure-rate window: per bucket i<slot> (bucket number), c<slot> (calls), f<slot> (failures)
 -- KEYS[3] transition events (a capped list, drained into the database by the gateway)
--- ARGV: op, caller generation ('' for none), consecutive threshold, rate threshold (%), window (s),
+-- ARGV: deadline (Redis time in microseconds after which the call changes nothing; '' for none), op,
+--       caller generation ('' for none), consecutive threshold, rate threshold (%), window (s),
 --       minimum calls, open (ms), probes, may transition (1/0), upstream name, channel, extra, upstream id
 --   op: view | acquire | fail | ok | flush | reset | release
 --   extra: fail -> what failed; flush -> number of successes (0: only evaluate the failure rate);
@@ -15,20 +16,23 @@
 -- Returns {state, gen, consec, open_remaining_ms, granted, transitioned, probe, state before the call}.
 
 local t = redis.call('TIME')
+if ARGV[1] ~= '' and tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[1]) then
+  return redis.error_reply('EXPIRED the gateway gave up on this call')
+end
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local op = ARGV[1]
-local caller_gen = ARGV[2]
-local consec_threshold = tonumber(ARGV[3])
-local rate_threshold = tonumber(ARGV[4])
-local window = tonumber(ARGV[5])
-local minimum_calls = tonumber(ARGV[6])
-local open_ms = tonumber(ARGV[7])
-local probes = tonumber(ARGV[8])
-local may_transition = ARGV[9] == '1'
-local name = ARGV[10]
-local channel = ARGV[11]
-local extra = ARGV[12]
-local id = ARGV[13]
+local op = ARGV[2]
+local caller_gen = ARGV[3]
+local consec_threshold = tonumber(ARGV[4])
+local rate_threshold = tonumber(ARGV[5])
+local window = tonumber(ARGV[6])
+local minimum_calls = tonumber(ARGV[7])
+local open_ms = tonumber(ARGV[8])
+local probes = tonumber(ARGV[9])
+local may_transition = ARGV[10] == '1'
+local name = ARGV[11]
+local channel = ARGV[12]
+local extra = ARGV[13]
+local id = ARGV[14]
 
 local s = redis.call('HMGET', KEYS[1], 'state', 'gen', 'consec', 'opened', 'half_opened', 'probes', 'probe_ok')
 local state = s[1] or 'closed'

@@ -1,0 +1,351 @@
+"""One worker's pipelined hot-path connection to one Redis node.
+
+Every concurrent script call of a worker shares one connection per Redis node: callers queue their commands,
+one writer sends whatever has queued in one write, and one reader hands the replies back in order. A burst of
+a thousand requests in one worker is a thousand commands in flight on one connection, answered at Redis's
+speed, instead of a thousand callers competing for a few connections.
+
+Why not a pool: with 64 pooled connections and a 50 ms wait for a free one, a burst ran out of connections and
+a request that found none was treated as "Redis is down", whose usual failure mode is to allow: 600 requests
+against a limit of 50 admitted up to 98. Here the gateway's own load never fails a call. Only Redis's own
+failures do, and then every call outstanding on the connection fails at once with the error:
+
+- connecting is refused, or takes longer than the connect timeout;
+- the connection is reset or closed;
+- nothing arrives for the command timeout (GATEWAY_REDIS_SOCKET_TIMEOUT) while commands are outstanding,
+  and every outstanding command is past its deadline. Before that counts, the socket is checked again without
+  waiting: a worker too busy to read its replies in time (its greenlets ran instead) has them waiting in the
+  socket, which is no Redis failure;
+- a script says it ran after its deadline (below) a second time: Redis answered, so the first time the call
+  is sent again with a new deadline (store.Pending).
+
+The next call connects anew. Calls not yet written when the connection failed are written on the new one.
+
+Deadlines: a script the gateway gave up on must not count when Redis runs it later (a Redis frozen for a while
+runs what is in its socket when it wakes). So every hot-path script gets, as ARGV[1], the Redis time after
+which it must change nothing: the moment it was written plus the command timeout. The reader gives up on a
+connection only when every call in flight on it is past that moment, so nothing it gave up on can count.
+Redis's clock is learnt from TIME replies: the offset between Redis's clock and this worker's monotonic clock
+is at most `Redis time - local send time` of any TIME call, so the smallest such value of the last few
+seconds is used; it errs, by the one-way latency, towards a later deadline. At most `window` commands are
+written and unanswered at once; the rest wait here, where nothing has reached Redis yet.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import hiredis
+from redis.exceptions import ConnectionError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+#: Where a call's command takes its deadline (Redis time, microseconds) when it is written.
+DEADLINE = object()
+#: A call still unanswered after this long was lost by the pipe itself (a bug, not Redis): fail it.
+PATIENCE = 10.0
+#: Seconds between TIME calls that keep the clock offset fresh, and how many recent ones count.
+CLOCK_SAMPLE_EVERY = 1.0
+CLOCK_SAMPLES = 10
+#: Replies that mean this connection talks to the wrong server now (a Sentinel failover demoted it).
+_RECONNECT_ON = ("READONLY",)
+_TIME = ("TIME",)
+
+
+class Call:
+    """One command on its way through a pipe; `result()` waits for its reply."""
+
+    __slots__ = ("abandoned", "command", "done", "error", "reply", "sent")
+
+    def __init__(self, command: tuple) -> None:
+        self.command = command
+        self.done = threading.Event()
+        self.reply: Any = None
+        self.error: BaseException | None = None
+        self.abandoned = False
+        self.sent = 0.0
+
+    def resolve(self, reply: Any) -> None:
+        if isinstance(reply, ResponseError):
+            self.error = reply
+        else:
+            self.reply = reply
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+    def result(self) -> Any:
+        if not self.done.wait(PATIENCE):
+            self.abandoned = True
+            raise RedisTimeoutError(f"no answer from the hot-path Redis pipe within {PATIENCE:.0f} s")
+        if self.error is not None:
+            raise self.error
+        return self.reply
+
+
+def encode(command: tuple, deadline: bytes) -> bytes:
+    """The command in RESP, DEADLINE replaced by `deadline`."""
+    out = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if arg is DEADLINE:
+            arg = deadline
+        elif isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int):
+            arg = b"%d" % arg
+        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
+class Pipe:
+    """The pipelined connection of this worker to one Redis node.
+
+    `connect` makes a redis-py connection object (not yet connected): its class does the handshake (AUTH,
+    SELECT, TLS, Sentinel's master lookup); after it, the socket is this pipe's. `on_failure` hears every
+    failure of the connection (the cluster router refreshes its slot map).
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        *,
+        timeout: float,
+        window: int = 64,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._connect = connect
+        self.timeout = timeout
+        self.window = window
+        self._on_failure = on_failure
+        self._cond = threading.Condition()
+        self._queue: deque[Call] = deque()
+        self._inflight: deque[Call] = deque()
+        self._connection = None
+        self._sock: socket.socket | None = None
+        self._reader: hiredis.Reader | None = None
+        self._epoch = 0
+        self._offsets: deque[float] = deque(maxlen=CLOCK_SAMPLES)
+        self._sampled_at = 0.0
+        self._sampling = False
+        self._threads_started = False
+        self.closed = False
+
+    # --- callers -------------------------------------------------------------------------------------------
+
+    def submit(self, command: tuple) -> Call:
+        call = Call(command)
+        with self._cond:
+            if self.closed:
+                call.fail(ConnectionError("the hot-path Redis pipe is closed"))
+                return call
+            self._queue.append(call)
+            if not self._threads_started:
+                self._threads_started = True
+                threading.Thread(target=self._write_loop, name="gateway-redis-writer", daemon=True).start()
+                threading.Thread(target=self._read_loop, name="gateway-redis-reader", daemon=True).start()
+            self._cond.notify_all()
+        return call
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            queued = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        self._drop(self._epoch, ConnectionError("the hot-path Redis pipe is closed"))
+        for call in queued:
+            call.fail(ConnectionError("the hot-path Redis pipe is closed"))
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    # --- the writer ----------------------------------------------------------------------------------------
+
+    def _writable(self) -> bool:
+        return self.closed or (bool(self._queue) and len(self._inflight) < self.window)
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(self._writable)
+                if self.closed:
+                    return
+                sock = self._sock
+            if sock is None:
+                try:
+                    self._open()
+                except (RedisError, OSError) as exc:
+                    self._fail_queued(exc if isinstance(exc, RedisError) else ConnectionError(str(exc)))
+                continue
+            with self._cond:
+                sock, epoch = self._sock, self._epoch
+                if sock is None:
+                    continue
+                now = time.monotonic()
+                batch: list[Call] = []
+                room = self.window - len(self._inflight)
+                while self._queue and len(batch) < room:
+                    call = self._queue.popleft()
+                    if not call.abandoned:
+                        call.sent = now
+                        batch.append(call)
+                if not self._sampling and now - self._sampled_at >= CLOCK_SAMPLE_EVERY:
+                    sample = Call(_TIME)
+                    sample.sent = now
+                    self._sampling = True
+                    batch.append(sample)
+                deadline = b"%d" % ((now + min(self._offsets) + self.timeout) * 1_000_000)
+                data = b"".join([encode(call.command, deadline) for call in batch])
+                self._inflight.extend(batch)
+                self._cond.notify_all()
+            try:
+                sock.sendall(data)
+            except TimeoutError as exc:  # the socket's timeout: Redis stopped reading
+                self._drop(epoch, RedisTimeoutError(f"Redis did not read for {self.timeout * 1000:.0f} ms: {exc}"))
+            except OSError as exc:
+                self._drop(epoch, ConnectionError(f"writing to Redis failed: {exc}"))
+
+    def _open(self) -> None:
+        """Connect, and learn Redis's clock before any call is written (one TIME round trip)."""
+        connection = self._connect()
+        connection.connect()
+        sock = connection._sock
+        try:
+            sock.settimeout(self.timeout)
+            reader = _reader()
+            sent = time.monotonic()
+            sock.sendall(b"*1\r\n$4\r\nTIME\r\n")
+            reply = False
+            while reply is False:
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("Redis closed the connection")
+                reader.feed(data)
+                reply = reader.gets()
+            if isinstance(reply, ResponseError):
+                raise reply
+        except OSError as exc:
+            connection.disconnect()
+            raise ConnectionError(f"Redis did not answer TIME: {exc}") from exc
+        except RedisError:
+            connection.disconnect()
+            raise
+        with self._cond:
+            self._connection, self._sock, self._reader = connection, sock, reader
+            self._epoch += 1
+            self._offsets.clear()
+            self._offsets.append(_redis_seconds(reply) - sent)
+            self._sampled_at = sent
+            self._sampling = False
+            self._cond.notify_all()
+
+    def _fail_queued(self, error: BaseException) -> None:
+        with self._cond:
+            queued = list(self._queue)
+            self._queue.clear()
+        for call in queued:
+            call.fail(error)
+        if self._on_failure is not None:
+            self._on_failure(error)
+
+    # --- the reader ----------------------------------------------------------------------------------------
+
+    def _readable(self) -> bool:
+        return self.closed or (bool(self._inflight) and self._sock is not None)
+
+    def _read_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(self._readable)
+                if self.closed:
+                    return
+                sock, reader, epoch = self._sock, self._reader, self._epoch
+            try:
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("Redis closed the connection")
+            except TimeoutError:  # the socket's timeout
+                if _ready(sock):
+                    continue  # the replies are there: this worker was busy, Redis was not slow
+                with self._cond:
+                    # Give up only once every call in flight is past its deadline: one that is not could still
+                    # run, and count, after its caller was told Redis failed.
+                    newest = self._inflight[-1].sent if epoch == self._epoch and self._inflight else 0.0
+                if time.monotonic() < newest + self.timeout:
+                    continue
+                self._drop(epoch, RedisTimeoutError(f"Redis did not answer within {self.timeout * 1000:.0f} ms"))
+                continue
+            except (OSError, ValueError) as exc:  # ValueError: the socket was closed meanwhile
+                self._drop(epoch, ConnectionError(f"reading from Redis failed: {exc}"))
+                continue
+            except ConnectionError as exc:
+                self._drop(epoch, exc)
+                continue
+            reconnect = None
+            with self._cond:
+                if epoch != self._epoch:
+                    continue
+                reader.feed(data)
+                while (reply := reader.gets()) is not False:
+                    call = self._inflight.popleft()
+                    if call.command is _TIME:
+                        self._sample(call, reply)
+                    call.resolve(reply)
+                    if isinstance(reply, ResponseError) and str(reply).startswith(_RECONNECT_ON):
+                        reconnect = reply
+                self._cond.notify_all()
+            if reconnect is not None:
+                self._drop(epoch, ConnectionError(f"Redis answered {reconnect}; reconnecting"))
+
+    def _sample(self, call: Call, reply) -> None:
+        self._sampling = False
+        self._sampled_at = call.sent
+        if isinstance(reply, list):
+            self._offsets.append(_redis_seconds(reply) - call.sent)
+
+    def _drop(self, epoch: int, error: BaseException) -> None:
+        """The connection failed: close it and fail every call outstanding on it."""
+        with self._cond:
+            if epoch != self._epoch or self._sock is None:
+                return
+            connection = self._connection
+            self._connection = self._sock = self._reader = None
+            self._epoch += 1
+            failed = list(self._inflight)
+            self._inflight.clear()
+            self._sampling = False
+            self._cond.notify_all()
+        connection.disconnect()
+        for call in failed:
+            call.fail(error)
+        if self._on_failure is not None and not self.closed:
+            self._on_failure(error)
+
+
+def _reader() -> hiredis.Reader:
+    return hiredis.Reader(replyError=ResponseError)
+
+
+def _redis_seconds(reply) -> float:
+    seconds, micros = reply
+    return int(seconds) + int(micros) / 1_000_000
+
+
+def _ready(sock: socket.socket) -> bool:
+    """Whether bytes are waiting on the socket right now (no waiting)."""
+    pending = getattr(sock, "pending", None)  # TLS: decrypted bytes already buffered
+    if pending is not None and pending():
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return bool(readable)
