@@ -1,6 +1,6 @@
 -- One upstream's circuit breaker: every read-modify-write of its shared state, atomically.
 --
--- KEYS[1] state hash: state, gen, consec, opened, half_opened, probes, probe_ok
+-- KEYS[1] state hash: state, gen, consec, opened, half_opened, probes, probe_ok, name, base
 -- KEYS[2] failure-rate window: per bucket i<slot> (bucket number), c<slot> (calls), f<slot> (failures)
 -- KEYS[3] transition events (a capped list, drained into the database by the gateway)
 -- ARGV: deadline (Redis time in microseconds after which the call changes nothing; '' for none), op,
@@ -34,10 +34,23 @@ local channel = ARGV[12]
 local extra = ARGV[13]
 local id = ARGV[14]
 
-local s = redis.call('HMGET', KEYS[1], 'state', 'gen', 'consec', 'opened', 'half_opened', 'probes', 'probe_ok')
+local s = redis.call('HMGET', KEYS[1], 'state', 'gen', 'consec', 'opened', 'half_opened', 'probes', 'probe_ok',
+  'base')
 local state = s[1] or 'closed'
 local from_state = state
-local gen = tonumber(s[2] or '0')
+-- Generations must only grow, whatever Redis loses: workers hold the generation they last saw and drop views
+-- older than it, and a result reported with another generation is stale. So a breaker without state (never
+-- written, expired after its TTL, or lost with a Redis that restarted empty) starts a new lifetime whose
+-- generations begin at the current Redis time in milliseconds, above any generation of an earlier lifetime (a
+-- lifetime makes far fewer transitions than it lasts milliseconds). `base` is where the current lifetime
+-- began: a result reported with a generation older than that belongs to a cycle Redis no longer knows, and
+-- counts in the current one.
+local gen, base
+if s[2] then
+  gen, base = tonumber(s[2]), tonumber(s[8] or '0')
+else
+  gen, base = now, now
+end
 local consec = tonumber(s[3] or '0')
 local opened = tonumber(s[4] or '0')
 local half_opened = tonumber(s[5] or '0')
@@ -102,7 +115,7 @@ local function transition(to, reason)
   dirty, transitioned = true, true
 end
 
-local stale = caller_gen ~= '' and tonumber(caller_gen) ~= gen
+local stale = caller_gen ~= '' and tonumber(caller_gen) ~= gen and tonumber(caller_gen) >= base
 
 if op == 'acquire' then
   if state == 'open' and may_transition and now >= opened + open_ms then
@@ -165,7 +178,7 @@ end
 
 if dirty then
   redis.call('HSET', KEYS[1], 'state', state, 'gen', gen, 'consec', consec, 'opened', opened,
-    'half_opened', half_opened, 'probes', issued, 'probe_ok', probe_ok, 'name', name)
+    'half_opened', half_opened, 'probes', issued, 'probe_ok', probe_ok, 'name', name, 'base', base)
   redis.call('PEXPIRE', KEYS[1], open_ms + window * 1000 + 3600000)
 end
 

@@ -18,6 +18,7 @@ from breakers import services
 from breakers.models import BreakerTransition
 from limits.models import RateLimitPolicy
 from proxy.models import Upstream
+from tests.support.burst import burst
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.servers import wait_until
 
@@ -86,6 +87,26 @@ def test_exactly_n_probes_reach_the_upstream_while_200_requests_arrive(gw, upstr
     time.sleep(0.1)
     assert state() == "closed"
     assert get(gw).status_code == 200
+
+
+@pytest.mark.slow
+def test_exactly_n_probes_reach_the_upstream_when_300_requests_arrive_at_once(gw, upstream):
+    """Released together, 300 requests saturate the workers; none may read that as a Redis outage (whose
+    per-worker fallback would add probes of its own)."""
+    guarded(gw, upstream, consecutive_failures=3, open_seconds=1, half_open_probes=2)
+    upstream.behave(status=503)
+    for _ in range(3):
+        get(gw)
+    assert state() == "open"
+    upstream.reset()
+    upstream.behave(status=200, delay=0.5)
+    time.sleep(1.1)
+    codes = burst([(gw.port, "/api/x")] * 300)
+    assert len(upstream.received) == 2
+    assert (codes.count(200), codes.count(503)) == (2, 298)
+    assert "Redis unavailable for circuit breakers" not in gw.log()
+    time.sleep(0.1)
+    assert state() == "closed"  # (reading it also moves the transitions into this test's history)
 
 
 def test_a_failed_probe_reopens_and_a_late_result_from_an_earlier_cycle_changes_nothing(gw, upstream):
