@@ -19,7 +19,9 @@ failures do, and then every call outstanding on the connection fails at once wit
 - a script says it ran after its deadline (below) a second time: Redis answered, so the first time the call
   is sent again with a new deadline (store.Pending).
 
-The next call connects anew. Calls not yet written when the connection failed are written on the new one.
+The next call connects anew. Calls not yet written when the connection failed are written on the new one. A
+connection that Redis closed while it was idle (a restart) is found out before anything is written to it, so
+it costs no call.
 
 Deadlines: a script the gateway gave up on must not count when Redis runs it later (a Redis frozen for a while
 runs what is in its socket when it wakes). So every hot-path script gets, as ARGV[1], the Redis time after
@@ -44,6 +46,8 @@ from typing import Any
 import hiredis
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway_project.http import still_open
 
 #: Where a call's command takes its deadline (Redis time, microseconds) when it is written.
 DEADLINE = object()
@@ -179,6 +183,11 @@ class Pipe:
                 if self.closed:
                     return
                 sock = self._sock
+            if sock is not None and not self._inflight and not still_open(sock):
+                # Idle, and closed by Redis meanwhile (a restart, an idle timeout): nothing was lost, so connect
+                # anew instead of failing the calls about to be written.
+                self._drop(self._epoch, ConnectionError("Redis closed the idle connection"), quiet=True)
+                sock = None
             if sock is None:
                 try:
                     self._open()
@@ -311,8 +320,9 @@ class Pipe:
         if isinstance(reply, list):
             self._offsets.append(_redis_seconds(reply) - call.sent)
 
-    def _drop(self, epoch: int, error: BaseException) -> None:
-        """The connection failed: close it and fail every call outstanding on it."""
+    def _drop(self, epoch: int, error: BaseException, *, quiet: bool = False) -> None:
+        """The connection failed: close it and fail every call outstanding on it (`quiet`: it had none, and
+        nobody needs to hear of it)."""
         with self._cond:
             if epoch != self._epoch or self._sock is None:
                 return
@@ -326,7 +336,7 @@ class Pipe:
         connection.disconnect()
         for call in failed:
             call.fail(error)
-        if self._on_failure is not None and not self.closed:
+        if self._on_failure is not None and not self.closed and not quiet:
             self._on_failure(error)
 
 
