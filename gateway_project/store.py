@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -281,7 +282,7 @@ def _data_node_options(url: str) -> dict:
     import redis
 
     host, port = redis_url.hosts(url)[0]
-    plain = redis_url.with_host(url, host, port).split("?")[0].rsplit("/", 2)[0]
+    plain = urlsplit(redis_url.with_host(url, host, port))._replace(path="").geturl()
     options = {k: v for k, v in redis.connection.parse_url(plain).items() if k not in ("host", "port", "path")}
     if options.pop("connection_class", None) is not None:
         options["ssl"] = True
