@@ -20,6 +20,7 @@ from tests.support.tcp_proxy import SilentProxy
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.postgres,
     pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL (make test runs it on one)"),
 ]
 
