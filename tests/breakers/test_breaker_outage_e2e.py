@@ -85,8 +85,9 @@ def failing(configured) -> list[str | None]:
 def test_an_open_breaker_stays_open_through_an_outage(configured, own_redis, upstream):
     """Each worker's fallback starts from the open state it knew; before, it started closed and let failures
     through to an upstream the fleet knew was failing."""
-    assert [failing(configured) for _ in range(4)] == [None, None, None, "circuit_open"]
+    assert [failing(configured) for _ in range(3)] == [None, None, None]
     time.sleep(0.3)  # every worker hears of the transition
+    assert failing(configured) == "circuit_open"
     own_redis.stop()
     answers = [failing(configured) for _ in range(40)]
     assert answers == ["circuit_open"] * 40
@@ -106,7 +107,7 @@ def test_a_breaker_whose_state_expired_still_trips_at_its_threshold(configured, 
     time.sleep(0.05)
     assert not store.ops_client().exists(state_key)
     before = len(upstream.requests_to("/status/503"))
-    answers = [failing(configured) for _ in range(10)]
+    answers = trip(configured)
     assert answers == [None] * 3 + ["circuit_open"] * 7
     assert len(upstream.requests_to("/status/503")) - before == 3
     assert services.live_states(names=["failing"])[0].state == "open"
@@ -118,16 +119,24 @@ def test_a_breaker_still_trips_at_its_threshold_after_redis_restarted_empty(conf
     own_redis.start()
     time.sleep(1.5)  # the change feed reconnects
     before = len(upstream.requests_to("/status/503"))
-    answers = [failing(configured) for _ in range(10)]
+    answers = trip(configured)
     assert answers == [None] * 3 + ["circuit_open"] * 7
     assert len(upstream.requests_to("/status/503")) - before == 3
+
+
+def trip(configured) -> list[str | None]:
+    """Three failures, a pause in which every worker hears what they did, then seven more requests."""
+    answers = [failing(configured) for _ in range(3)]
+    time.sleep(0.2)
+    return answers + [failing(configured) for _ in range(7)]
 
 
 def cycle_once(configured, upstream) -> None:
     """Open the failing upstream's breaker, then close it again with a successful probe (two transitions)."""
     from breakers import services
 
-    assert [failing(configured) for _ in range(4)] == [None, None, None, "circuit_open"]
+    assert [failing(configured) for _ in range(3)] == [None, None, None]
+    assert services.live_states(names=["failing"])[0].state == "open"
     services.reset_breakers(names=["failing"], actor="test")
     time.sleep(0.3)
     assert services.live_states(names=["failing"])[0].state == "closed"
