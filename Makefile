@@ -44,13 +44,14 @@ test-tools:
 	done
 
 # The suite runs on SQLite, then on a PostgreSQL of its own (tests/support/postgres.py; never the one a machine
-# may run on 5432) for what depends on the database engine: every test not marked slow (all the queries,
-# transactions, locks and migrations are there) and the PostgreSQL-only database outage test. The slow ones
-# (load, Redis faults and failover, streaming, metrics) do the same few configuration reads on either.
+# may run on 5432) for what depends on the database engine: the in-process tests (every query, transaction,
+# lock and migration of the code is run there) and the tests marked `postgres` (configuration changes reaching
+# gunicorn workers through the database; a database connection going silent). Tests that run gunicorn for
+# what it does with Redis, upstreams and clients make the same few configuration reads on either engine.
 test: venv test-tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest --ds=tests.settings $(PYTEST_ARGS)
-	$(PY) -m tests.support.postgres $(VENV)/bin/pytest --ds=tests.settings -m "not slow or postgres" $(PYTEST_ARGS)
+	$(PY) -m tests.support.postgres $(VENV)/bin/pytest --ds=tests.settings -m "postgres or not (slow or e2e)" $(PYTEST_ARGS)
 
 # While iterating: skip the slow load, soak and large-transfer tests.
 test-fast: venv test-tools
