@@ -35,6 +35,7 @@ written and unanswered at once; the rest wait here, where nothing has reached Re
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import threading
@@ -72,7 +73,7 @@ class Call:
         self.reply: Any = None
         self.error: BaseException | None = None
         self.abandoned = False
-        self.sent = 0.0
+        self.sent = math.inf  # when it was written (monotonic); until then nobody gives up on it
 
     def resolve(self, reply: Any) -> None:
         if isinstance(reply, ResponseError):
@@ -136,7 +137,7 @@ class Pipe:
         self._reader: hiredis.Reader | None = None
         self._epoch = 0
         self._offsets: deque[float] = deque(maxlen=CLOCK_SAMPLES)
-        self._sampled_at = 0.0
+        self._sampled_at = self._sample_sent = 0.0
         self._sampling = False
         self._threads_started = False
         self.closed = False
@@ -204,19 +205,21 @@ class Pipe:
                 while self._queue and len(batch) < room:
                     call = self._queue.popleft()
                     if not call.abandoned:
-                        call.sent = now
                         batch.append(call)
                 if not self._sampling and now - self._sampled_at >= CLOCK_SAMPLE_EVERY:
-                    sample = Call(_TIME)
-                    sample.sent = now
-                    self._sampling = True
-                    batch.append(sample)
+                    self._sampling, self._sample_sent = True, now
+                    batch.append(Call(_TIME))
                 deadline = b"%d" % ((now + min(self._offsets) + self.timeout) * 1_000_000)
                 data = b"".join([encode(call.command, deadline) for call in batch])
                 self._inflight.extend(batch)
                 self._cond.notify_all()
             try:
                 sock.sendall(data)
+                # Stamped once written: this process may be paused (a busy machine) between building the batch
+                # and writing it, and that pause is not Redis's silence.
+                written = time.monotonic()
+                for call in batch:
+                    call.sent = written
             except TimeoutError as exc:  # the socket's timeout: Redis stopped reading
                 self._drop(epoch, RedisTimeoutError(f"Redis did not read for {self.timeout * 1000:.0f} ms: {exc}"))
             except OSError as exc:
@@ -234,7 +237,12 @@ class Pipe:
             sock.sendall(b"*1\r\n$4\r\nTIME\r\n")
             reply = False
             while reply is False:
-                data = sock.recv(65536)
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    if _ready(sock):
+                        continue  # as in the reader: this worker was busy, Redis was not slow
+                    raise
                 if not data:
                     raise ConnectionError("Redis closed the connection")
                 reader.feed(data)
@@ -315,10 +323,12 @@ class Pipe:
                 self._drop(epoch, ConnectionError(f"Redis answered {reconnect}; reconnecting"))
 
     def _sample(self, call: Call, reply) -> None:
+        """Redis's clock minus ours, from a TIME call: at most the true offset, since Redis ran the call after
+        the batch it rode in was built (when _sample_sent was taken)."""
         self._sampling = False
-        self._sampled_at = call.sent
+        self._sampled_at = self._sample_sent
         if isinstance(reply, list):
-            self._offsets.append(_redis_seconds(reply) - call.sent)
+            self._offsets.append(_redis_seconds(reply) - self._sample_sent)
 
     def _drop(self, epoch: int, error: BaseException, *, quiet: bool = False) -> None:
         """The connection failed: close it and fail every call outstanding on it (`quiet`: it had none, and

@@ -184,6 +184,7 @@ class Watcher(threading.Thread):
         self.last_db_check = 0.0
 
     def run(self) -> None:
+        store.warm()
         bound = 2 * settings.GATEWAY_DB_TIMEOUT
         while True:
             time.sleep(self.interval)

@@ -196,7 +196,7 @@ class Topology:
         if node is None:  # a node only a MOVED told us of: the settings of any node, with its address
             host, _, port = name.rpartition(":")
             template = next(iter(cluster.get_nodes())).redis_connection.connection_pool
-            kwargs = {**template.connection_kwargs, "host": host, "port": int(port)}
+            kwargs = {**template.connection_kwargs, "host": host, "port": int(port), "driver_info": None}
             return lambda: template.connection_class(**kwargs)
         return _connection_maker(node.redis_connection.connection_pool)
 
@@ -272,8 +272,9 @@ class Topology:
 
 def _connection_maker(pool) -> Callable[[], Any]:
     """New connections with a redis-py pool's class and settings (timeouts, TLS, AUTH, Sentinel lookup); the
-    pool itself never holds them."""
-    kwargs = dict(pool.connection_kwargs)
+    pool itself never holds them. Without CLIENT SETINFO: two round trips less when (re)connecting, each of
+    which a worker busy with a burst might take too long to read."""
+    kwargs = {**pool.connection_kwargs, "driver_info": None}
     return lambda: pool.connection_class(**kwargs)
 
 
@@ -521,6 +522,22 @@ def readiness() -> str:
     if found.mode == CLUSTER:
         return f"ok (cluster, {len(calls)} primaries)"
     return "ok"
+
+
+def warm() -> None:
+    """Connect this worker's hot-path pipes now, in the background: a worker's first requests may be a burst,
+    and connecting while its greenlets crowd the CPU is slower than the connect timeout allows."""
+    from redis.exceptions import RedisError
+
+    try:
+        found = topology()
+        if found.mode == EMBEDDED:
+            return
+        for name in found.primaries():
+            pipe = found.node_pipe(name) if found.mode == CLUSTER else found.pipe_for(None)
+            pipe.submit(("TIME",))  # connects; nobody waits for the answer
+    except RedisError as exc:
+        logger.info("Redis not reachable yet; the first request connects", extra={"error": str(exc)})
 
 
 def reset_clients() -> None:
