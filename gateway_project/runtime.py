@@ -162,15 +162,17 @@ def load() -> Snapshot:
     """Compile every part from the database and serve it from now on."""
     global _current
     with _lock:
-        revision, token = db_state()
         for _ in range(3):
+            revision, token = db_state()
             parts = {name: loader.load() for name, loader in _loaders.items()}
             # The parts are read one query after another: if a change committed meanwhile, read them again,
             # so routes and policies always come from the same revision.
-            again = db_state()
-            if again == (revision, token):
+            if db_state() == (revision, token):
                 break
-            revision, token = again
+        # Still changing after three tries (a burst of commits): the parts are at least as new as the revision
+        # read before them, so that is the one this snapshot names; the watcher's next check finds the
+        # database ahead of it and loads again. (Named after the newest revision instead, a snapshot missing
+        # the last changes looked current and was never reloaded: policies went unenforced.)
         _current = Snapshot(revision, token, parts, time.time())
     logger.info("configuration loaded", extra={"revision": revision, "routes": len(parts.get("routes", ()))})
     return _current
