@@ -274,7 +274,13 @@ SETTINGS: tuple[Setting, ...] = (
         "GATEWAY_REDIS_PREFIX", redis_prefix, "gw", "Prefix of every Redis key; gateways sharing a prefix act as one."
     ),
     Setting("GATEWAY_REDIS_CONNECT_TIMEOUT", number(0.001, 10), 0.05, "Hot-path Redis connect timeout, seconds."),
-    Setting("GATEWAY_REDIS_SOCKET_TIMEOUT", number(0.001, 10), 0.05, "Hot-path Redis command timeout, seconds."),
+    Setting(
+        "GATEWAY_REDIS_SOCKET_TIMEOUT",
+        number(0.001, 10),
+        0.1,
+        "Hot-path Redis command timeout, seconds: how long Redis may stay silent with commands outstanding before "
+        "the failure modes apply (and what a hung Redis costs a request).",
+    ),
     Setting(
         "GATEWAY_REDIS_MAX_CONNECTIONS",
         integer(1, 10_000),

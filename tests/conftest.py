@@ -8,7 +8,7 @@ import pytest
 from django.conf import settings
 
 from gateway_project import runtime, store
-from tests.support.gateways import STARVED_REDIS, start_gateway, talking_to
+from tests.support.gateways import start_gateway, talking_to
 from tests.support.servers import RedisServer
 from tests.support.upstream import Upstream
 
@@ -79,14 +79,9 @@ def gateway(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
 
 @pytest.fixture(scope="module")
 def four_workers(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
-    """A gunicorn gateway with 4 workers: more workers than cores, so they really share the state.
-
-    Its tests release hundreds of requests at once on two cores that Redis shares with the four workers and
-    the test itself: Redis may then be off the CPU for longer than the default 50 ms command timeout, which the
-    gateway rightly takes for Redis failing. What these tests check is the gateway under its own load, so
-    they give Redis 250 ms (tests/limits/test_redis_outage_e2e.py tests the default's failure modes)."""
+    """A gunicorn gateway with 4 workers: more workers than cores, so they really share the state."""
     with django_db_blocker.unblock():
-        gw = start_gateway(tmp_path_factory, redis_server, workers=4, env=STARVED_REDIS)
+        gw = start_gateway(tmp_path_factory, redis_server, workers=4)
     yield gw
     gw.stop()
 

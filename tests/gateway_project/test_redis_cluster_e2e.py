@@ -20,7 +20,7 @@ import requests
 
 from limits import services
 from tests.support.config import make_policy, make_route, make_upstream, serve
-from tests.support.gateways import STARVED_REDIS, start_gateway, talking_to
+from tests.support.gateways import start_gateway, talking_to
 from tests.support.servers import RedisClusterServers, wait_until
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ def fleet(tmp_path_factory, cluster, django_db_setup, django_db_blocker):
     """Two instances of two workers on the cluster (one fleet: one key prefix), trusting the test as a proxy so
     it can present many clients."""
     prefix = f"g{uuid.uuid4().hex[:10]}"
-    env = {"GATEWAY_TRUSTED_PROXIES": "127.0.0.1", **STARVED_REDIS}
+    env = {"GATEWAY_TRUSTED_PROXIES": "127.0.0.1"}
     with django_db_blocker.unblock():
         gateways = [start_gateway(tmp_path_factory, cluster, prefix=prefix, env=env) for _ in range(2)]
     yield gateways

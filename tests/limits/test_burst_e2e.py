@@ -18,7 +18,7 @@ import pytest
 from limits.models import RateLimitPolicy
 from tests.support.burst import burst
 from tests.support.config import make_route, make_upstream, serve
-from tests.support.gateways import STARVED_REDIS, start_gateway, talking_to
+from tests.support.gateways import start_gateway, talking_to
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def fleet(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
     """Two gateway instances of two workers each, acting as one fleet (one Redis, one key prefix)."""
     prefix = f"g{uuid.uuid4().hex[:10]}"
     with django_db_blocker.unblock():
-        gateways = [start_gateway(tmp_path_factory, redis_server, prefix=prefix, env=STARVED_REDIS) for _ in range(2)]
+        gateways = [start_gateway(tmp_path_factory, redis_server, prefix=prefix) for _ in range(2)]
     yield gateways
     for gateway in gateways:
         gateway.stop()

@@ -21,7 +21,7 @@ from tests.support.gateways import talking_to
 
 pytestmark = pytest.mark.slow
 
-# Hot-path Redis timeouts are 50 ms (connect and socket); a request may wait for a pooled connection for as
+# Hot-path Redis timeouts are 50 ms (connect) and 100 ms (command); a request may wait for a reconnection for as
 # long again. Allow generously for a loaded 2-core machine.
 BUDGET = 0.5
 

@@ -11,10 +11,6 @@ from django.db import connection
 from gateway_project import store
 from tests.support.servers import Gateway, RedisServer
 
-#: For gateways whose tests saturate the two cores Redis shares with them: a Redis off the CPU for longer
-#: than the default 50 ms command timeout would rightly count as failing, which is not what they test.
-STARVED_REDIS = {"GATEWAY_REDIS_SOCKET_TIMEOUT": "0.25"}
-
 
 def database_url_for_gateway() -> str:
     """The test database, as a DATABASE_URL a gunicorn process can open."""
