@@ -445,7 +445,7 @@ class Pending:
 
     def _send(self, verb: str, pipe: Pipe | None = None):
         pipe = pipe or self.found.pipe_for(self.keys[0] if self.keys else None)
-        return pipe.submit(self.script.command(verb, self.keys, self.args))
+        return pipe.submit(self.script.command(verb, self.keys, self.args), read_own=True)
 
     def result(self):
         import redis
