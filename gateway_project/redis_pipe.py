@@ -3,7 +3,8 @@
 Every concurrent script call of a worker shares one connection per Redis node: callers queue their commands,
 one writer sends whatever has queued in one write, and one reader hands the replies back in order. A burst of
 a thousand requests in one worker is a thousand commands in flight on one connection, answered at Redis's
-speed, instead of a thousand callers competing for a few connections.
+speed, instead of a thousand callers competing for a few connections. A lone call (nothing else in flight)
+is written and read by its own caller, as on a plain connection.
 
 Why not a pool: with 64 pooled connections and a 50 ms wait for a free one, a burst ran out of connections and
 a request that found none was treated as "Redis is down", whose usual failure mode is to allow: 600 requests
