@@ -86,8 +86,9 @@ def test_an_open_breaker_stays_open_through_an_outage(configured, own_redis, ups
     """Each worker's fallback starts from the open state it knew; before, it started closed and let failures
     through to an upstream the fleet knew was failing."""
     assert [failing(configured) for _ in range(3)] == [None, None, None]
-    time.sleep(0.3)  # every worker hears of the transition
-    assert failing(configured) == "circuit_open"
+    time.sleep(0.3)
+    # Each worker serves some of these (a worker that never saw the breaker has no state to start from).
+    assert {failing(configured) for _ in range(10)} == {"circuit_open"}
     own_redis.stop()
     answers = [failing(configured) for _ in range(40)]
     assert answers == ["circuit_open"] * 40
