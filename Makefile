@@ -27,23 +27,31 @@ run: venv
 	$(PY) manage.py gateway_demo
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py gateway_project.wsgi
 
-# Tests start their own redis-server and, for the dashboard test, prometheus (see tests/conftest.py). Both
-# come from Debian's packages, installed here when missing.
+# Tests start their own redis-server (a single one and a cluster), PostgreSQL (initdb, pg_ctl) and, for the
+# dashboard test, prometheus (see tests/conftest.py, tests/support/). All come from Debian's packages,
+# installed here when missing.
 test-tools:
-	@for tool in redis-server prometheus; do \
-	  command -v $$tool >/dev/null && continue; \
+	@for tool in redis-server:redis-server prometheus:prometheus initdb:postgresql; do \
+	  name=$${tool%%:*}; package=$${tool##*:}; \
+	  command -v $$name >/dev/null || ls /usr/lib/postgresql/*/bin/$$name >/dev/null 2>&1 && continue; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing $$tool (Debian package) for the tests"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$tool >/dev/null || \
-	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$tool >/dev/null; } || exit 1; \
+	    echo "installing $$package (Debian package) for the tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$package >/dev/null || \
+	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$package >/dev/null; } || exit 1; \
 	  else \
-	    echo "error: the tests need $$tool on PATH (Debian/Ubuntu: apt-get install $$tool)" >&2; exit 1; \
+	    echo "error: the tests need $$name (Debian/Ubuntu: apt-get install $$package)" >&2; exit 1; \
 	  fi; \
 	done
 
+# The suite runs on SQLite, then on a PostgreSQL of its own (tests/support/postgres.py; never the one a machine
+# may run on 5432) for what depends on the database engine: the in-process tests (every query, transaction,
+# lock and migration of the code is run there) and the tests marked `postgres` (configuration changes reaching
+# gunicorn workers through the database; a database connection going silent). Tests that run gunicorn for
+# what it does with Redis, upstreams and clients make the same few configuration reads on either engine.
 test: venv test-tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest --ds=tests.settings $(PYTEST_ARGS)
+	$(PY) -m tests.support.postgres $(VENV)/bin/pytest --ds=tests.settings -m "postgres or not (slow or e2e)" $(PYTEST_ARGS)
 
 # While iterating: skip the slow load, soak and large-transfer tests.
 test-fast: venv test-tools

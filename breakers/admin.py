@@ -10,7 +10,6 @@ from redis.exceptions import RedisError
 
 from breakers import services
 from breakers.models import Breaker, BreakerConfig, BreakerTransition
-from gateway_project import store
 
 ACTIONS = {
     "reset": "Reset (close and clear counts)",
@@ -57,7 +56,7 @@ class BreakerAdmin(admin.ModelAdmin):
     def live_view(self, request: HttpRequest):
         if not self.has_view_permission(request):
             raise PermissionDenied
-        statuses = services.live_states(client=store.page_client())
+        statuses = services.live_states(page=True)
         unavailable = next((s.error for s in statuses if s.error), None)
         if unavailable is not None:
             self.message_user(

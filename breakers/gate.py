@@ -10,8 +10,10 @@ in use every second, in case a message was lost. So a request to a healthy upstr
 - the first success after failures: one call (resets the consecutive count);
 - open breaker: rejected from memory until probing may start; then one call per request to take a probe.
 
-When Redis does not answer, each worker uses its own breaker for that upstream (local_storage; logged and
-counted) instead of failing requests, and goes back to the shared state when Redis answers again.
+When Redis fails (refused, reset, silent past the hot-path timeout; never because this worker is busy, see
+gateway_project.redis_pipe), each worker uses its own breaker for that upstream (local_storage; logged and
+counted) instead of failing requests, starting from the shared state it last knew, and goes back to the shared
+state when Redis answers again.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from redis.exceptions import RedisError
 
@@ -146,10 +148,13 @@ class Entry:
     def _local_call(self, operation: Operation) -> View:
         if not self.on_local:
             self.on_local = True
-            local.forget(self.ref)
-            breaker = local.breaker(self.ref)
-            # Tickets issued from the shared state stay valid: start from the generation they carry.
-            breaker.gen = self.view.gen if self.view is not None else 0
+            # Start from the last shared state this worker knew: an open breaker stays open until its own timer
+            # runs out, a half-open one lets at most one probe through from this worker, and tickets issued
+            # from the shared state keep their generation.
+            view = self.view
+            if view is not None and view.state == OPEN:
+                view = replace(view, open_remaining=max(0.0, self.open_until - time.monotonic()))
+            local.seed(self.ref, self.policy, view)
         view = operation(local)
         _notify(DecidedLocally(self.name))
         self._set(view)

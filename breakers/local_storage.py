@@ -163,6 +163,22 @@ class LocalStorage:
             found = self.breakers[breaker.id] = LocalBreaker(self.clock)
         return found
 
+    def seed(self, breaker: BreakerId, policy: BreakerSettings, view: View | None) -> LocalBreaker:
+        """A new breaker for `breaker` that starts where the shared state `view` (as last seen) left off: open
+        for the time it had left, half-open with one probe left for this worker, or closed with its count."""
+        found = self.breakers[breaker.id] = LocalBreaker(self.clock)
+        if view is None:
+            return found
+        found.gen, found.state, now = view.gen, view.state, found.now()
+        if view.state == OPEN:
+            found.opened = now - (policy.open_seconds - view.open_remaining) * 1000
+        elif view.state == HALF_OPEN:
+            found.half_opened = now
+            found.issued = found.probe_ok = max(0, policy.half_open_probes - 1)
+        else:
+            found.consec = view.consec
+        return found
+
     def forget(self, breaker: BreakerId) -> None:
         self.breakers.pop(breaker.id, None)
 

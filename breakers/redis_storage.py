@@ -16,7 +16,7 @@ from breakers.policy import BreakerSettings, State
 from breakers.storage import BreakerId, View
 from gateway_project import store
 
-_script = store.Script((Path(__file__).parent / "lua" / "breaker.lua").read_text())
+_script = store.Script((Path(__file__).parent / "lua" / "breaker.lua").read_text(), deadline=True)
 
 
 class _Op(StrEnum):

@@ -15,6 +15,7 @@ from breakers.models import BreakerConfig, BreakerTransition
 from breakers.policy import DEFAULT, MODES, OPEN, BreakerSettings
 from breakers.redis_storage import RedisStorage
 from breakers.storage import BreakerId
+from gateway_project import store
 
 _storage = RedisStorage()
 
@@ -90,20 +91,22 @@ def mode_of(upstream) -> str:
     return policy_of(upstream).mode
 
 
-def live_states(*, names: list[str] | None = None, client=None) -> list[BreakerStatus]:
+def live_states(*, names: list[str] | None = None, page: bool = False) -> list[BreakerStatus]:
     """Every breaker's live state, read from Redis (and the last transition from the history).
 
     After the first Redis error the others are reported unknown without asking again, so a mute Redis costs
-    one timeout per call, not one per upstream; `client` is the Redis client to read with (pages pass a
-    short-budget one).
+    one timeout per call, not one per upstream; `page`: read with the pages' short budget.
     """
     statuses = []
     redis_error: str | None = None
+    client = None
     for upstream in _upstreams(names):
         policy = policy_of(upstream)
         view = None
         if redis_error is None:
             try:
+                if page and client is None:
+                    client = store.page_client()
                 view = RedisStorage(client).view(BreakerId(upstream.id, upstream.name), policy)
                 calls, failures = redis_storage.window_counts(upstream.id, policy, client=client)
             except RedisError as exc:  # Redis unavailable: say so per breaker, show the rest

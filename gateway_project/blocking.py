@@ -31,3 +31,26 @@ def _in_pool_thread(fn, *args):
     finally:
         # Pool threads live on; do not leave their database connections open between calls.
         close_old_connections()
+
+
+class Stalled(Exception):
+    """A call ran past its time bound and was abandoned (bounded())."""
+
+
+def bounded(seconds: float, fn: Callable[..., T], *args) -> T:
+    """Run `fn`, giving up with Stalled after `seconds` in a gevent worker.
+
+    A database that hangs (frozen, or a connection whose peer vanished without a word while the kernel still
+    acknowledges) answers neither with data nor with an error: only a timer ends the wait. Under gevent the
+    greenlet is interrupted where it waits (psycopg waits through gevent's select there); the caller then
+    closes the connection. Without gevent (management commands, in-process tests) the driver's own timeouts
+    bound the call.
+    """
+    try:
+        from gevent import Timeout, monkey
+    except ImportError:
+        return fn(*args)
+    if not monkey.is_module_patched("socket"):
+        return fn(*args)
+    with Timeout(seconds, Stalled(f"no answer within {seconds:g} s")):
+        return fn(*args)

@@ -194,10 +194,19 @@ SETTINGS: tuple[Setting, ...] = (
         "Configuration store; `postgres://user:pass@host/db` in production.",
     ),
     Setting(
+        "GATEWAY_DB_TIMEOUT",
+        number(0.1, 600),
+        5.0,
+        "Seconds a database call may take: connect and statement timeout and TCP keepalive (PostgreSQL), busy "
+        "timeout (SQLite); the configuration watcher gives up on a call after this long and reconnects.",
+    ),
+    Setting(
         "REDIS_URL",
         text,
         "",
-        "Shared state; `redis://`, `rediss://`, `unix://` or `embedded://`.",
+        "Shared state: one Redis or a Redis Cluster node (`redis://`, `rediss://`, `unix://`; cluster seeds "
+        "`redis://h1:7000,h2:7001`), a Sentinel-watched primary (`redis+sentinel://s1:26379,s2:26379/<service>`), "
+        "or `embedded://`.",
     ),
     Setting(
         "GATEWAY_ALLOW_EMBEDDED_STORE",
@@ -301,12 +310,25 @@ SETTINGS: tuple[Setting, ...] = (
         "GATEWAY_REDIS_PREFIX", redis_prefix, "gw", "Prefix of every Redis key; gateways sharing a prefix act as one."
     ),
     Setting("GATEWAY_REDIS_CONNECT_TIMEOUT", number(0.001, 10), 0.05, "Hot-path Redis connect timeout, seconds."),
-    Setting("GATEWAY_REDIS_SOCKET_TIMEOUT", number(0.001, 10), 0.05, "Hot-path Redis command timeout, seconds."),
+    Setting(
+        "GATEWAY_REDIS_SOCKET_TIMEOUT",
+        number(0.001, 10),
+        0.1,
+        "Hot-path Redis command timeout, seconds: how long Redis may stay silent with commands outstanding before "
+        "the failure modes apply (and what a hung Redis costs a request).",
+    ),
     Setting(
         "GATEWAY_REDIS_MAX_CONNECTIONS",
         integer(1, 10_000),
         64,
-        "Hot-path Redis connections per worker.",
+        "Short-timeout Redis connections per worker for the configuration watcher and `/readyz`.",
+        tuning=True,
+    ),
+    Setting(
+        "GATEWAY_REDIS_PIPELINE_WINDOW",
+        integer(1, 100_000),
+        64,
+        "Hot-path commands a worker has written and not yet had answered, per Redis node; more wait in the worker.",
         tuning=True,
     ),
     Setting(

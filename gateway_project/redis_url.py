@@ -13,7 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 EMBEDDED_URL = "embedded://"
 DEFAULT_LOCAL_REDIS = ("127.0.0.1", 6379)
-_SCHEMES = frozenset({"redis", "rediss", "unix", "embedded"})
+_SCHEMES = frozenset({"redis", "rediss", "unix", "embedded", "redis+sentinel", "rediss+sentinel"})
 
 
 def probe_local_redis(timeout: float = 0.3) -> bool:
@@ -33,7 +33,13 @@ def resolve_redis_url(configured: str | None) -> str:
         scheme = urlsplit(configured).scheme
         if scheme not in _SCHEMES:
             raise ImproperlyConfigured(
-                f"REDIS_URL: scheme must be one of redis://, rediss://, unix:// or embedded://, got {configured!r}"
+                "REDIS_URL: scheme must be one of redis://, rediss://, redis+sentinel://, rediss+sentinel://, "
+                f"unix:// or embedded://, got {redacted(configured)!r}"
+            )
+        if is_sentinel(configured) and not sentinel_service(configured):
+            raise ImproperlyConfigured(
+                "REDIS_URL: a Sentinel URL names the primary's service, redis+sentinel://host:26379,host:26379/"
+                f"<service>[/<db>]; got {redacted(configured)!r}"
             )
         return configured
     if probe_local_redis():
@@ -43,6 +49,43 @@ def resolve_redis_url(configured: str | None) -> str:
 
 def is_embedded(url: str) -> bool:
     return url.startswith("embedded:")
+
+
+def is_sentinel(url: str) -> bool:
+    return urlsplit(url).scheme.endswith("+sentinel")
+
+
+def hosts(url: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs of a URL: several, comma-separated, for Sentinels or a cluster's seed nodes."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    default = 26379 if is_sentinel(url) else 6379
+    found = []
+    for item in netloc.split(","):
+        if item.startswith("["):  # [v6]:port
+            host, _, port = item[1:].partition("]")
+            port = port.lstrip(":")
+        else:
+            host, _, port = item.partition(":")
+        found.append((host, int(port) if port else default))
+    return found
+
+
+def sentinel_service(url: str) -> str:
+    """The service name a Sentinel URL's path names: redis+sentinel://h:26379/<service>/<db>."""
+    return urlsplit(url).path.strip("/").partition("/")[0]
+
+
+def sentinel_db(url: str) -> int:
+    db = urlsplit(url).path.strip("/").partition("/")[2]
+    return int(db) if db else 0
+
+
+def with_host(url: str, host: str, port: int) -> str:
+    """The URL for one of its hosts: credentials, TLS, path and query kept, the scheme's +sentinel dropped."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = (credentials + "@" if credentials else "") + (f"[{host}]" if ":" in host else host) + f":{port}"
+    return parts._replace(scheme=parts.scheme.removesuffix("+sentinel"), netloc=netloc).geturl()
 
 
 def redacted(url: str) -> str:

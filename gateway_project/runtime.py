@@ -20,15 +20,18 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.db.models import F
 from django.db.models.signals import post_delete, post_save
+from django.utils import timezone
 from redis.exceptions import RedisError
 
 from gateway_project import metrics, store
+from gateway_project.blocking import Stalled, bounded
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +109,32 @@ def db_state() -> tuple[int, str]:
     return ConfigRevision.objects.filter(pk=1).values_list("revision", "token").first() or (0, "")
 
 
+def db_change() -> tuple[int, str, datetime | None]:
+    """(revision, token, when it was made) of the configuration in the database."""
+    from gateway_project.models import ConfigRevision
+
+    return ConfigRevision.objects.filter(pk=1).values_list("revision", "token", "updated_at").first() or (0, "", None)
+
+
+def max_lag() -> float:
+    """How long after a change in the database a worker may still serve the previous configuration: a lost
+    Redis message is made up for by the next database check, a few polls later at most."""
+    return settings.GATEWAY_CONFIG_DB_CHECK_INTERVAL + 4 * settings.GATEWAY_CONFIG_POLL_INTERVAL
+
+
+def freshness(db_revision: int, db_token: str, changed_at: datetime | None) -> str:
+    """The served configuration, or an error when it is older than it should be (for /readyz)."""
+    snapshot = _current
+    if not snapshot.loaded_at:
+        return "error: not loaded"
+    served = describe(snapshot.revision, snapshot.token)
+    if db_token and db_token != snapshot.token and changed_at is not None:
+        behind = (timezone.now() - changed_at).total_seconds()
+        if behind > max_lag():
+            return f"error: serving {served}; the database has had revision {db_revision} for {behind:.0f} s"
+    return served
+
+
 def describe(revision: int, token: str) -> str:
     return f"revision {revision} ({token[:8]})"
 
@@ -133,15 +162,17 @@ def load() -> Snapshot:
     """Compile every part from the database and serve it from now on."""
     global _current
     with _lock:
-        revision, token = db_state()
         for _ in range(3):
+            revision, token = db_state()
             parts = {name: loader.load() for name, loader in _loaders.items()}
             # The parts are read one query after another: if a change committed meanwhile, read them again,
             # so routes and policies always come from the same revision.
-            again = db_state()
-            if again == (revision, token):
+            if db_state() == (revision, token):
                 break
-            revision, token = again
+        # Still changing after three tries (a burst of commits): the parts are at least as new as the revision
+        # read before them, so that is the one this snapshot names; the watcher's next check finds the
+        # database ahead of it and loads again. (Named after the newest revision instead, a snapshot missing
+        # the last changes looked current and was never reloaded: policies went unenforced.)
         _current = Snapshot(revision, token, parts, time.time())
     logger.info("configuration loaded", extra={"revision": revision, "routes": len(parts.get("routes", ()))})
     return _current
@@ -155,10 +186,17 @@ class Watcher(threading.Thread):
         self.last_db_check = 0.0
 
     def run(self) -> None:
+        store.warm()
+        bound = 2 * settings.GATEWAY_DB_TIMEOUT
         while True:
             time.sleep(self.interval)
             try:
-                self.poll()
+                # Bounded as a whole: a database that hangs must not stop this worker following changes once it
+                # is back (the connection it hung on is closed below, and the next poll connects anew).
+                bounded(bound, self.poll)
+            except Stalled:
+                logger.warning("configuration check stalled for %.0f s; reconnecting to the database", bound)
+                connection.close()
             except Exception:
                 logger.exception("configuration reload failed; still serving revision %s", _current.revision)
                 close_old_connections()

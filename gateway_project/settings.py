@@ -32,16 +32,31 @@ try:
     _database = dj_database_url.parse(_env["DATABASE_URL"], conn_max_age=0)
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL: {exc}") from exc
+# Every database call is bounded (GATEWAY_DB_TIMEOUT): a database that hangs must not hold a worker's
+# configuration watcher, or /readyz, for longer. PostgreSQL: connecting, each statement, and a connection whose
+# peer went away without a word (TCP keepalive; tcp_user_timeout for data sent and never acknowledged).
+_db_timeout = _env["GATEWAY_DB_TIMEOUT"]
 if _database["ENGINE"] == "django.db.backends.sqlite3":
     Path(_database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     _database["OPTIONS"] = {
         # WAL lets gateway workers read the config while the admin writes it.
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
         "transaction_mode": "IMMEDIATE",
-        "timeout": 10,
+        "timeout": _db_timeout,
     }
 elif _database["ENGINE"] == "django.db.backends.postgresql":
-    _database.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+    _seconds = max(1, round(_db_timeout))
+    _database.setdefault("OPTIONS", {})
+    for _name, _value in {
+        "connect_timeout": _seconds,
+        "keepalives": 1,
+        "keepalives_idle": _seconds,
+        "keepalives_interval": max(1, _seconds // 3),
+        "keepalives_count": 3,
+        "tcp_user_timeout": 2 * _seconds * 1000,
+        "options": f"-c statement_timeout={int(_db_timeout * 1000)}",
+    }.items():
+        _database["OPTIONS"].setdefault(_name, _value)
 # django-prometheus's wrappers count queries, errors and their time (the admin's and the config loads'; a
 # proxied request makes none).
 _database["ENGINE"] = _database["ENGINE"].replace("django.db.backends.", "django_prometheus.db.backends.")

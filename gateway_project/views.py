@@ -6,12 +6,12 @@ import hmac
 import json
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from redis.exceptions import RedisError
 
 from gateway_project import metrics, runtime, store
+from gateway_project.blocking import Stalled, bounded
 from gateway_project.client_ip import in_networks
 from gateway_project.responses import json_error
 
@@ -22,23 +22,29 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 
 def readyz(request: HttpRequest) -> HttpResponse:
-    """Readiness: the database and Redis answer and the configuration has been loaded; 503 names what failed."""
+    """Readiness: what serving needs, checked; 503 names what failed.
+
+    - database: it answers (within GATEWAY_DB_TIMEOUT), and says which configuration is current;
+    - redis: what the hot path needs, through this worker's own pipes (a script runs on every node it writes
+      to; on a cluster, every slot has a primary), not only a PING;
+    - config: loaded, and not older than the database's for longer than a lost message can explain.
+    """
     checks: dict[str, str] = {}
+    change = None
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        change = bounded(settings.GATEWAY_DB_TIMEOUT, runtime.db_change)
         checks["database"] = "ok"
-    except Exception as exc:  # any driver error means "not ready"; the message says which
+    except (DatabaseError, Stalled) as exc:  # the message says which
         checks["database"] = f"error: {type(exc).__name__}"
-    try:
-        store.client().ping()
-        checks["redis"] = "ok"
-    except RedisError as exc:
-        checks["redis"] = f"error: {type(exc).__name__}"
-    snapshot = runtime.current()
-    checks["config"] = (
-        runtime.describe(snapshot.revision, snapshot.token) if snapshot.loaded_at else "error: not loaded"
-    )
+        connection.close()
+    checks["redis"] = store.readiness()
+    if change is not None:
+        checks["config"] = runtime.freshness(*change)
+    else:
+        snapshot = runtime.current()
+        checks["config"] = (
+            runtime.describe(snapshot.revision, snapshot.token) if snapshot.loaded_at else "error: not loaded"
+        )
     ready = all(not value.startswith("error") for value in checks.values())
     body = {"status": "ready" if ready else "unavailable", "checks": checks}
     return HttpResponse(json.dumps(body), status=200 if ready else 503, content_type="application/json")

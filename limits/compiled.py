@@ -28,9 +28,27 @@ class CompiledPolicy:
     shadow: bool
     on_redis_failure: str
     legacy_headers: bool
-    key_prefix: str  # every counter key of this policy starts with it
+    tag_prefix: str  # '<redis prefix>:', the start of every counter's hash tag
+    key_suffix: str  # ':rl:<policy id>:<algorithm>', the end of every counter key of this policy
     args: tuple[str, str, str, str, str]  # this policy's ARGV for the Lua script
     policy_field: str  # its RateLimit-Policy item
+
+    def counter_key(self, bucket: str) -> str:
+        """The counter of one client (a `limiter.bucket`, e.g. 'ip:<203.0.113.7>'): '{gw:<bucket>}:rl:<id>:<alg>'.
+
+        The hash tag is the client, not the policy: on a Redis Cluster each client's counters live in a slot of
+        their own, so the limiter's load spreads over every shard, and the policies of one request that count
+        by the same client share a slot (one script call checks them together).
+        """
+        return f"{{{self.tag_prefix}{bucket}}}{self.key_suffix}"
+
+    def bucket_of(self, key: str) -> str:
+        return key[len(self.tag_prefix) + 1 : -len(self.key_suffix) - 1]
+
+    @property
+    def counter_pattern(self) -> str:
+        """Every counter of this policy, as a SCAN MATCH pattern."""
+        return f"{{{_escape(self.tag_prefix)}*}}{_escape(self.key_suffix)}"
 
 
 @dataclass(frozen=True)
@@ -59,13 +77,9 @@ def hash_key(presented: str) -> str:
     return hashlib.sha256(presented.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def counter_prefix(policy_id: int, algorithm: str) -> str:
-    """Counter keys: {prefix}:rl:<policy id>:<algorithm>:<dimension>:<value>.
-
-    The braces make the configured prefix a Redis Cluster hash tag: the one script call per request touches the
-    counters of several policies, so they must all live in one slot.
-    """
-    return store.tagged_key((), "rl", policy_id, algorithm, "")
+def _escape(text: str) -> str:
+    """Escape glob characters for SCAN MATCH (Redis's glob knows no braces)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def compile_policy(policy) -> CompiledPolicy:
@@ -85,7 +99,8 @@ def compile_policy(policy) -> CompiledPolicy:
         shadow=shadow,
         on_redis_failure=policy.on_redis_failure,
         legacy_headers=policy.legacy_headers,
-        key_prefix=counter_prefix(policy.id, algorithm),
+        tag_prefix=store.key(""),
+        key_suffix=f":rl:{policy.id}:{algorithm}",
         args=(algorithm, str(policy.limit), str(policy.window_seconds * 1000), str(burst), "1" if shadow else "0"),
         policy_field=f'"{policy.name}";q={policy.limit};w={policy.window_seconds}',
     )

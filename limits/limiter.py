@@ -1,6 +1,7 @@
 """Deciding one request against every policy that applies: one Redis call, or the failure modes without Redis.
 
-The failure policy lives here and nowhere else: when Redis cannot answer within the hot-path timeout, each
+The failure policy lives here and nowhere else: when Redis fails (refused, reset, silent past the hot-path
+timeout; never because this worker is busy: gateway_project.redis_pipe), each
 policy's `on_redis_failure` applies (allow, deny, or the per-worker local limiter), every use is counted by the
 listeners and logged (at most every few seconds, with the count since the last line).
 """
@@ -108,14 +109,11 @@ def check(
     environ,
 ) -> Outcome:
     keys = [
-        p.key_prefix + bucket(p, client_ip=client_ip, consumer=consumer, route_id=route_id, environ=environ)
+        p.counter_key(bucket(p, client_ip=client_ip, consumer=consumer, route_id=route_id, environ=environ))
         for p in policies
     ]
-    args: list[str] = []
-    for policy in policies:
-        args.extend(policy.args)
     try:
-        reply = storage.check(keys, args)
+        reply = storage.check(keys, [p.args for p in policies])
     except RedisError as exc:
         outcome = _fallback(policies, keys, exc)
     else:

@@ -41,7 +41,7 @@ def policy_usage(*, policy: RateLimitPolicy, top: int = 20, client=None) -> list
     """The busiest counters of a policy right now, read from Redis (with `client`, pages pass a short budget)."""
     compiled = compile_policy(policy)
     rows = storage.usage(
-        compiled.key_prefix,
+        compiled.counter_pattern,
         algorithm=compiled.algorithm,
         limit=compiled.limit,
         window=compiled.window,
@@ -49,13 +49,13 @@ def policy_usage(*, policy: RateLimitPolicy, top: int = 20, client=None) -> list
         client=client,
     )
     capacity = compiled.burst if compiled.algorithm == "G" else compiled.limit
-    return [CounterUsage(key, key[len(compiled.key_prefix) :], used, capacity, ttl) for key, used, ttl in rows[:top]]
+    return [CounterUsage(key, compiled.bucket_of(key), used, capacity, ttl) for key, used, ttl in rows[:top]]
 
 
 def clear_counter(*, policy: RateLimitPolicy, key: str) -> bool:
     """Forget one client's count for `policy` (the key must belong to the policy)."""
-    prefix = compile_policy(policy).key_prefix
-    if not key.startswith(prefix):
+    compiled = compile_policy(policy)
+    if key != compiled.counter_key(compiled.bucket_of(key)):
         raise ValueError(f"{key!r} is not a counter of policy {policy.name!r}")
     return storage.delete(key)
 

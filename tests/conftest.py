@@ -12,6 +12,17 @@ from tests.support.gateways import start_gateway, talking_to
 from tests.support.servers import RedisServer
 from tests.support.upstream import Upstream
 
+#: Fixtures that start gunicorn: a test using one is marked `e2e` (see pytest_collection_modifyitems).
+GUNICORN_FIXTURES = frozenset({"gateway", "four_workers", "own_gateway", "live", "gw4", "gw"})
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark the tests that run a gunicorn gateway `e2e`, so `make test` can leave out of its PostgreSQL pass
+    the ones whose behaviour does not depend on the database engine (they are not also marked `postgres`)."""
+    for item in items:
+        if GUNICORN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):

@@ -1,9 +1,10 @@
 -- One upstream's circuit breaker: every read-modify-write of its shared state, atomically.
 --
--- KEYS[1] state hash: state, gen, consec, opened, half_opened, probes, probe_ok
+-- KEYS[1] state hash: state, gen, consec, opened, half_opened, probes, probe_ok, name, base
 -- KEYS[2] failure-rate window: per bucket i<slot> (bucket number), c<slot> (calls), f<slot> (failures)
 -- KEYS[3] transition events (a capped list, drained into the database by the gateway)
--- ARGV: op, caller generation ('' for none), consecutive threshold, rate threshold (%), window (s),
+-- ARGV: deadline (Redis time in microseconds after which the call changes nothing; '' for none), op,
+--       caller generation ('' for none), consecutive threshold, rate threshold (%), window (s),
 --       minimum calls, open (ms), probes, may transition (1/0), upstream name, channel, extra, upstream id
 --   op: view | acquire | fail | ok | flush | reset | release
 --   extra: fail -> what failed; flush -> number of successes (0: only evaluate the failure rate);
@@ -15,25 +16,41 @@
 -- Returns {state, gen, consec, open_remaining_ms, granted, transitioned, probe, state before the call}.
 
 local t = redis.call('TIME')
+if ARGV[1] ~= '' and tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[1]) then
+  return redis.error_reply('EXPIRED the gateway gave up on this call')
+end
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local op = ARGV[1]
-local caller_gen = ARGV[2]
-local consec_threshold = tonumber(ARGV[3])
-local rate_threshold = tonumber(ARGV[4])
-local window = tonumber(ARGV[5])
-local minimum_calls = tonumber(ARGV[6])
-local open_ms = tonumber(ARGV[7])
-local probes = tonumber(ARGV[8])
-local may_transition = ARGV[9] == '1'
-local name = ARGV[10]
-local channel = ARGV[11]
-local extra = ARGV[12]
-local id = ARGV[13]
+local op = ARGV[2]
+local caller_gen = ARGV[3]
+local consec_threshold = tonumber(ARGV[4])
+local rate_threshold = tonumber(ARGV[5])
+local window = tonumber(ARGV[6])
+local minimum_calls = tonumber(ARGV[7])
+local open_ms = tonumber(ARGV[8])
+local probes = tonumber(ARGV[9])
+local may_transition = ARGV[10] == '1'
+local name = ARGV[11]
+local channel = ARGV[12]
+local extra = ARGV[13]
+local id = ARGV[14]
 
-local s = redis.call('HMGET', KEYS[1], 'state', 'gen', 'consec', 'opened', 'half_opened', 'probes', 'probe_ok')
+local s = redis.call('HMGET', KEYS[1], 'state', 'gen', 'consec', 'opened', 'half_opened', 'probes', 'probe_ok',
+  'base')
 local state = s[1] or 'closed'
 local from_state = state
-local gen = tonumber(s[2] or '0')
+-- Generations must only grow, whatever Redis loses: workers hold the generation they last saw and drop views
+-- older than it, and a result reported with another generation is stale. So a breaker without state (never
+-- written, expired after its TTL, or lost with a Redis that restarted empty) starts a new lifetime whose
+-- generations begin at the current Redis time in milliseconds, above any generation of an earlier lifetime (a
+-- lifetime makes far fewer transitions than it lasts milliseconds). `base` is where the current lifetime
+-- began: a result reported with a generation older than that belongs to a cycle Redis no longer knows, and
+-- counts in the current one.
+local gen, base
+if s[2] then
+  gen, base = tonumber(s[2]), tonumber(s[8] or '0')
+else
+  gen, base = now, now
+end
 local consec = tonumber(s[3] or '0')
 local opened = tonumber(s[4] or '0')
 local half_opened = tonumber(s[5] or '0')
@@ -98,7 +115,7 @@ local function transition(to, reason)
   dirty, transitioned = true, true
 end
 
-local stale = caller_gen ~= '' and tonumber(caller_gen) ~= gen
+local stale = caller_gen ~= '' and tonumber(caller_gen) ~= gen and tonumber(caller_gen) >= base
 
 if op == 'acquire' then
   if state == 'open' and may_transition and now >= opened + open_ms then
@@ -161,7 +178,7 @@ end
 
 if dirty then
   redis.call('HSET', KEYS[1], 'state', state, 'gen', gen, 'consec', consec, 'opened', opened,
-    'half_opened', half_opened, 'probes', issued, 'probe_ok', probe_ok, 'name', name)
+    'half_opened', half_opened, 'probes', issued, 'probe_ok', probe_ok, 'name', name, 'base', base)
   redis.call('PEXPIRE', KEYS[1], open_ms + window * 1000 + 3600000)
 end
 

@@ -1,25 +1,32 @@
 -- Check and count every rate-limit policy that applies to one request, atomically.
 --
 -- KEYS[i]             the counter of policy i for this request's client
--- ARGV[1]             a unique member for this request (sliding-log entries)
--- ARGV[2 + 5(i-1) ..] policy i: algorithm ("L" sliding log, "G" GCRA), limit, window (ms), burst, shadow (1/0)
+-- ARGV[1]             deadline: Redis time (microseconds) after which this call changes nothing ('' for none)
+-- ARGV[2]             a unique member for this request (sliding-log entries)
+-- ARGV[3 + 5(i-1) ..] policy i: algorithm ("L" sliding log, "G" GCRA), limit, window (ms), burst, shadow (1/0)
 --
 -- Phase 1 checks every policy without writing (besides dropping expired log entries). Phase 2 counts the
 -- request in every policy that allowed it, but only when no enforced policy rejected it: a rejected request
 -- consumes no quota anywhere. Time comes from the Redis server, never from a gateway worker's clock.
 --
+-- A call that runs after its deadline (the gateway already answered the request with its failure mode, say
+-- after Redis was frozen) counts nothing and answers an EXPIRED error.
+--
 -- Returns {all_allowed, then per policy: allowed, remaining, reset_ms, retry_after_ms}.
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])  -- microseconds
-local member = ARGV[1]
+if ARGV[1] ~= '' and now > tonumber(ARGV[1]) then
+  return redis.error_reply(string.format('EXPIRED %.0f us after the deadline', now - tonumber(ARGV[1])))
+end
+local member = ARGV[2]
 local n = #KEYS
 local result = {1}
 local commit = {}
 local all_allowed = true
 
 for i = 1, n do
-  local base = 1 + (i - 1) * 5
+  local base = 2 + (i - 1) * 5
   local key = KEYS[i]
   local algorithm = ARGV[base + 1]
   local limit = tonumber(ARGV[base + 2])
@@ -79,7 +86,7 @@ if all_allowed then
     local c = commit[i]
     if c then
       local key = KEYS[i]
-      local window_ms = tonumber(ARGV[1 + (i - 1) * 5 + 3])
+      local window_ms = tonumber(ARGV[2 + (i - 1) * 5 + 3])
       if c == 'L' then
         redis.call('ZADD', key, now, member)
         redis.call('PEXPIRE', key, window_ms)

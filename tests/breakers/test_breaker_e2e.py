@@ -8,7 +8,6 @@ import re
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -18,6 +17,7 @@ from breakers import services
 from breakers.models import BreakerTransition
 from limits.models import RateLimitPolicy
 from proxy.models import Upstream
+from tests.support.burst import burst
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.servers import wait_until
 
@@ -70,22 +70,44 @@ def test_opens_at_the_threshold_across_workers_and_the_upstream_then_gets_nothin
 
 
 def test_exactly_n_probes_reach_the_upstream_while_200_requests_arrive(gw, upstream):
-    guarded(gw, upstream, consecutive_failures=3, open_seconds=1, half_open_probes=2)
+    guarded(gw, upstream, consecutive_failures=3, open_seconds=2, half_open_probes=2)
     upstream.behave(status=503)
     for _ in range(3):
         get(gw)
     assert state() == "open"
     upstream.reset()
-    upstream.behave(status=200, delay=0.5)  # recovered, and slow enough that the probes are still in flight
-    time.sleep(1.1)
-    with ThreadPoolExecutor(max_workers=200) as pool:
-        codes = list(pool.map(lambda _: get(gw).status_code, range(200)))
+    # Recovered, and slow enough that the probes are still in flight while every request is decided (they are
+    # released together: connections first, then every request at once), yet done before the open time would
+    # issue probes again.
+    upstream.behave(status=200, delay=1.0)
+    time.sleep(2.1)
+    codes = burst([(gw.port, "/api/x")] * 200)
     assert len(upstream.received) == 2
     assert codes.count(200) == 2
     assert codes.count(503) == 198
     time.sleep(0.1)
     assert state() == "closed"
     assert get(gw).status_code == 200
+
+
+@pytest.mark.slow
+def test_exactly_n_probes_reach_the_upstream_when_300_requests_arrive_at_once(gw, upstream):
+    """Released together, 300 requests saturate the workers; none may read that as a Redis outage (whose
+    per-worker fallback would add probes of its own)."""
+    guarded(gw, upstream, consecutive_failures=3, open_seconds=2, half_open_probes=2)
+    upstream.behave(status=503)
+    for _ in range(3):
+        get(gw)
+    assert state() == "open"
+    upstream.reset()
+    upstream.behave(status=200, delay=1.0)
+    time.sleep(2.1)
+    codes = burst([(gw.port, "/api/x")] * 300)
+    assert len(upstream.received) == 2
+    assert (codes.count(200), codes.count(503)) == (2, 298)
+    assert "Redis unavailable for circuit breakers" not in gw.log()
+    time.sleep(0.1)
+    assert state() == "closed"  # (reading it also moves the transitions into this test's history)
 
 
 def test_a_failed_probe_reopens_and_a_late_result_from_an_earlier_cycle_changes_nothing(gw, upstream):

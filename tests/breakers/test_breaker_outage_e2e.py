@@ -75,3 +75,69 @@ def test_back_on_shared_state_when_redis_returns(configured, own_redis, upstream
     ]
     assert len(upstream.requests_to("/status/503")) - before == 3
     assert [a.get("error") for a in answers][3:] == ["circuit_open"] * 17
+
+
+def failing(configured) -> list[str | None]:
+    """One request to the failing upstream: the gateway's error code, or None for the upstream's own 503."""
+    return requests.get(configured.url("/failing/x"), headers={"Connection": "close"}, timeout=10).json().get("error")
+
+
+def test_an_open_breaker_stays_open_through_an_outage(configured, own_redis, upstream):
+    """Each worker's fallback starts from the open state it knew; before, it started closed and let failures
+    through to an upstream the fleet knew was failing."""
+    assert [failing(configured) for _ in range(3)] == [None, None, None]
+    time.sleep(0.3)
+    # Each worker serves some of these (a worker that never saw the breaker has no state to start from).
+    assert {failing(configured) for _ in range(10)} == {"circuit_open"}
+    own_redis.stop()
+    answers = [failing(configured) for _ in range(40)]
+    assert answers == ["circuit_open"] * 40
+    assert len(upstream.requests_to("/status/503")) == 3
+
+
+def test_a_breaker_whose_state_expired_still_trips_at_its_threshold(configured, own_redis, upstream):
+    """Generations survive the state key's TTL: a breaker that opened and closed once, whose state then expired,
+    opens again at exactly its threshold (before, every failure was dropped as stale: no breaker at all)."""
+    from breakers import redis_storage, services
+    from gateway_project import store
+    from proxy.models import Upstream
+
+    cycle_once(configured, upstream)
+    state_key = redis_storage.keys(Upstream.objects.get(name="failing").id)[0]
+    store.ops_client().pexpire(state_key, 1)
+    time.sleep(0.05)
+    assert not store.ops_client().exists(state_key)
+    before = len(upstream.requests_to("/status/503"))
+    answers = trip(configured)
+    assert answers == [None] * 3 + ["circuit_open"] * 7
+    assert len(upstream.requests_to("/status/503")) - before == 3
+    assert services.live_states(names=["failing"])[0].state == "open"
+
+
+def test_a_breaker_still_trips_at_its_threshold_after_redis_restarted_empty(configured, own_redis, upstream):
+    cycle_once(configured, upstream)
+    own_redis.stop()
+    own_redis.start()
+    time.sleep(1.5)  # the change feed reconnects
+    before = len(upstream.requests_to("/status/503"))
+    answers = trip(configured)
+    assert answers == [None] * 3 + ["circuit_open"] * 7
+    assert len(upstream.requests_to("/status/503")) - before == 3
+
+
+def trip(configured) -> list[str | None]:
+    """Three failures, a pause in which every worker hears what they did, then seven more requests."""
+    answers = [failing(configured) for _ in range(3)]
+    time.sleep(0.2)
+    return answers + [failing(configured) for _ in range(7)]
+
+
+def cycle_once(configured, upstream) -> None:
+    """Open the failing upstream's breaker, then close it again with a successful probe (two transitions)."""
+    from breakers import services
+
+    assert [failing(configured) for _ in range(3)] == [None, None, None]
+    assert services.live_states(names=["failing"])[0].state == "open"
+    services.reset_breakers(names=["failing"], actor="test")
+    time.sleep(0.3)
+    assert services.live_states(names=["failing"])[0].state == "closed"

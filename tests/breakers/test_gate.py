@@ -81,7 +81,8 @@ def test_a_closed_breaker_costs_no_redis_call_after_the_first_view(redis_calls):
     up = Upstream()
     tickets = [up.ticket() for _ in range(20)]
     assert redis_calls == ["view"]
-    assert {(t.gen, t.probe, t.state) for t in tickets} == {(0, False, CLOSED)}
+    assert len({(t.gen, t.probe, t.state) for t in tickets}) == 1
+    assert (tickets[0].probe, tickets[0].state) == (False, CLOSED)
     for t in tickets:
         succeed(t)
         assert t.may_continue()
@@ -267,3 +268,45 @@ def test_without_redis_a_local_breaker_still_opens_quickly(settings, events, red
         assert events.count(Rejected(up.name)) == 2
     finally:
         store.reset_clients()
+
+
+@pytest.fixture
+def redis_goes_away(settings):
+    """Call it to point this process at a port where no Redis answers (as a Redis that died would)."""
+
+    def away() -> None:
+        store.reset_clients()
+        settings.GATEWAY_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+
+    yield away
+    store.reset_clients()
+
+
+def test_the_fallback_of_an_open_breaker_stays_open_until_its_own_timer(monkeypatch, redis_goes_away):
+    """Without the change feed a view is read again before use; when that read fails, the worker's own breaker
+    starts from the open state it knew, not closed (which let failures through to an upstream known bad)."""
+    up = Upstream(consecutive_failures=1, open_seconds=30)
+    fail(up.ticket())
+    monkeypatch.setattr(gate, "feed_live", False)
+    time.sleep(gate.timing.stale_after + 0.05)
+    redis_goes_away()
+    decisions = [up.check() for _ in range(10)]
+    assert all(isinstance(d, gate.Refusal) and d.reason == OPEN for d in decisions), decisions
+    assert 29 < decisions[0].retry_after <= 30
+    found = gate.entry(up.id, up.name, up.policy)
+    assert found.on_local
+    assert gate.local.breakers[up.id].state == OPEN
+
+
+def test_the_fallback_of_a_half_open_breaker_lets_one_probe_through_per_worker(redis_goes_away):
+    up = Upstream(consecutive_failures=1, open_seconds=0.1, half_open_probes=3)
+    fail(up.ticket())
+    time.sleep(0.12)
+    assert up.ticket().probe  # the shared breaker is half-open, one of its three probes issued
+    redis_goes_away()
+    decisions = [up.check() for _ in range(10)]
+    tickets = [d for d in decisions if isinstance(d, gate.Ticket)]
+    assert len(tickets) == 1
+    assert tickets[0].probe
+    succeed(tickets[0])
+    assert gate.local.breakers[up.id].state == CLOSED

@@ -56,6 +56,22 @@ class Breaker:
         return calls[op]()
 
     @property
+    def base(self) -> int:
+        """Where this breaker's generations start: 0 in a worker's memory; in Redis, the Redis time (ms) when
+        its state was first written (a lifetime; see lua/breaker.lua)."""
+        if self.client is None:
+            return 0
+        return int(self.client.hget(self.keys[0], "base"))
+
+    def g(self, n: int) -> int:
+        """The n-th generation of this breaker's lifetime."""
+        return self.base + n
+
+    def rel(self, gen: int) -> int:
+        """Which generation of the lifetime `gen` is."""
+        return gen - self.base
+
+    @property
     def keys(self) -> list[str]:
         return redis_storage.keys(self.id)
 
@@ -157,7 +173,7 @@ def test_opens_at_the_consecutive_threshold(backend):
     first, second = b("fail", extra="status 503"), b("fail", extra="status 503")
     assert [(v.state, v.consec, v.transitioned) for v in (first, second)] == [(CLOSED, 1, False), (CLOSED, 2, False)]
     opened = b("fail", extra="status 502")
-    assert (opened.state, opened.gen, opened.consec, opened.transitioned) == (OPEN, 1, 0, True)
+    assert (opened.state, b.rel(opened.gen), opened.consec, opened.transitioned) == (OPEN, 1, 0, True)
     assert 29 < opened.open_remaining <= 30
     assert b("view").state == OPEN
 
@@ -167,27 +183,27 @@ def test_a_success_resets_the_consecutive_count(backend):
     b("fail", extra="x")
     assert b("fail", extra="x").consec == 2
     reset = b("ok")
-    assert (reset.state, reset.consec, reset.gen, reset.transitioned) == (CLOSED, 0, 0, False)
+    assert (reset.state, reset.consec, b.rel(reset.gen), reset.transitioned) == (CLOSED, 0, 0, False)
     assert [b("fail", extra="x").state for _ in range(2)] == [CLOSED, CLOSED]
     assert b("fail", extra="x").state == OPEN
 
 
 def test_a_result_of_an_earlier_generation_changes_nothing(backend):
     b = Breaker(backend, consecutive_failures=1, open_seconds=0, half_open_probes=1)
-    assert b("fail", gen=0, extra="x").gen == 1  # open
+    assert b.rel(b("fail", gen=0, extra="x").gen) == 1  # open
     probing = b("acquire")
-    assert (probing.state, probing.gen, probing.probe) == (HALF_OPEN, 2, True)
+    assert (probing.state, b.rel(probing.gen), probing.probe) == (HALF_OPEN, 2, True)
     state_before, window_before = b.state(), b.window()
-    for stale in (0, 1):
+    for stale in (b.g(0), b.g(1)):
         failed = b("fail", gen=stale, extra="late")
-        assert (failed.state, failed.gen, failed.transitioned) == (HALF_OPEN, 2, False)
+        assert (failed.state, b.rel(failed.gen), failed.transitioned) == (HALF_OPEN, 2, False)
         assert b("ok", gen=stale).state == HALF_OPEN  # a late success is no probe success either
     assert b.state() == state_before
     assert b.window() == window_before
-    closed = b("ok", gen=2)
-    assert (closed.state, closed.gen, closed.transitioned) == (CLOSED, 3, True)
+    closed = b("ok", gen=b.g(2))
+    assert (closed.state, b.rel(closed.gen), closed.transitioned) == (CLOSED, 3, True)
     # Closed again: a failure of the open cycle is not counted.
-    assert b("fail", gen=1, extra="late").consec == 0
+    assert b("fail", gen=b.g(1), extra="late").consec == 0
 
 
 # open and half-open
@@ -210,14 +226,15 @@ def test_after_the_open_time_exactly_the_probes_are_granted_and_their_successes_
     assert not b("acquire").granted
     time.sleep(0.22)
     first = b("acquire")
-    assert (first.state, first.granted, first.probe, first.transitioned, first.gen) == (HALF_OPEN, True, True, True, 2)
+    assert (first.state, first.granted, first.probe, first.transitioned) == (HALF_OPEN, True, True, True)
+    assert b.rel(first.gen) == 2
     second = b("acquire")
     assert (second.state, second.granted, second.probe, second.transitioned) == (HALF_OPEN, True, True, False)
     assert [(v.granted, v.probe) for v in (b("acquire"), b("acquire"))] == [(False, False), (False, False)]
-    one = b("ok", gen=2)
+    one = b("ok", gen=b.g(2))
     assert (one.state, one.transitioned) == (HALF_OPEN, False)
-    closed = b("ok", gen=2)
-    assert (closed.state, closed.gen, closed.transitioned) == (CLOSED, 3, True)
+    closed = b("ok", gen=b.g(2))
+    assert (closed.state, b.rel(closed.gen), closed.transitioned) == (CLOSED, 3, True)
     assert b("acquire").granted
 
 
@@ -260,7 +277,7 @@ def test_probes_that_never_report_are_issued_again_after_the_open_time(backend):
 def test_reset_closes_from_any_state(backend):
     b = Breaker(backend, consecutive_failures=1, open_seconds=0, half_open_probes=1)
     views = [b(op, extra=extra) for op, extra in RESET_STEPS]
-    assert [(v.state, v.gen) for v in views] == [
+    assert [(v.state, b.rel(v.gen)) for v in views] == [
         (CLOSED, 1),
         (OPEN, 2),
         (CLOSED, 3),
@@ -452,7 +469,8 @@ def test_disabled_counts_but_never_transitions(backend):
 def test_a_view_of_an_unknown_breaker_writes_nothing(backend):
     b = Breaker(backend)
     view = b("view")
-    assert (view.state, view.gen, view.consec, view.open_remaining) == (CLOSED, 0, 0, 0.0)
+    assert (view.state, view.consec, view.open_remaining) == (CLOSED, 0, 0.0)
+    assert b("view").gen >= view.gen  # never lower than a generation seen before
     assert b("acquire").granted
     assert b("ok").state == CLOSED
     assert b.window() == {}
@@ -503,7 +521,7 @@ def test_transitions_and_consecutive_count_changes_are_published(redis_backend):
     pubsub.close()
     assert {upstream_id for upstream_id, _ in messages} == {b.id}
     views = [v for _, v in messages]
-    assert [(v.state, v.gen, v.consec, v.transitioned) for v in views] == [
+    assert [(v.state, b.rel(v.gen), v.consec, v.transitioned) for v in views] == [
         (CLOSED, 0, 1, False),
         (CLOSED, 0, 0, False),
         (CLOSED, 0, 1, False),
@@ -521,7 +539,7 @@ def test_a_malformed_message_parses_to_none():
 
 def test_the_reply_names_the_state_before_the_call(backend):
     b = Breaker(backend, consecutive_failures=1, open_seconds=0, half_open_probes=1)
-    views = [b("view"), b("fail", extra="x"), b("acquire"), b("ok", gen=2), b("reset", extra="me")]
+    views = [b("view"), b("fail", extra="x"), b("acquire"), b("ok", gen=b.g(2)), b("reset", extra="me")]
     assert [(v.from_state, v.state) for v in views] == [
         (CLOSED, CLOSED),
         (CLOSED, OPEN),

@@ -194,7 +194,7 @@ def test_pages_say_so_when_redis_is_unavailable(admin_client, settings):
         assert "Redis is unavailable (ConnectionError)." in usage.content.decode()
         clear = admin_client.post(
             reverse("admin:limits_ratelimitpolicy_clear", args=[policy.pk]),
-            {"key": compile_policy(policy).key_prefix + "ip:<192.0.2.1>"},
+            {"key": compile_policy(policy).counter_key("ip:<192.0.2.1>")},
             follow=True,
         )
         assert messages_of(clear) == ["Redis is unavailable (ConnectionError)."]

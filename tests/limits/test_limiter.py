@@ -90,13 +90,13 @@ def test_bucket_by_route():
 # decisions from Redis
 
 
-def test_counters_live_under_the_prefix_hash_tag(redis_prefix, redis_client):
+def test_counters_live_under_a_hash_tag_of_the_prefix_and_the_client(redis_prefix, redis_client):
     policy = make_policy()
     check(policy)
-    assert redis_client.exists(f"{{{redis_prefix}}}:rl:7:L:ip:<{CLIENT}>")
+    assert redis_client.exists(f"{{{redis_prefix}:ip:<{CLIENT}>}}:rl:7:L")
     gcra = make_policy(8, algorithm="gcra")
     check(gcra)
-    assert redis_client.exists(f"{{{redis_prefix}}}:rl:8:G:ip:<{CLIENT}>")
+    assert redis_client.exists(f"{{{redis_prefix}:ip:<{CLIENT}>}}:rl:8:G")
 
 
 def test_allowed_then_rejected_with_results_per_policy(redis_prefix):

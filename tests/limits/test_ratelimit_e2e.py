@@ -112,7 +112,7 @@ def test_a_rejected_request_consumes_no_quota_of_any_policy(gw4, upstream):
     assert counters(narrow) == {"ip:<127.0.0.1>": 3}
     assert counters(wide) == {"ip:<127.0.0.1>": 3}
     # The most restrictive policy's fields are sent.
-    services.clear_counter(policy=narrow, key=compile_policy(narrow).key_prefix + "ip:<127.0.0.1>")
+    services.clear_counter(policy=narrow, key=compile_policy(narrow).counter_key("ip:<127.0.0.1>"))
     response = requests.get(gw4.url("/api/x"), timeout=10)
     assert response.headers["RateLimit"] == '"narrow";r=2;t=60'
     assert counters(wide) == {"ip:<127.0.0.1>": 4}
@@ -225,7 +225,7 @@ def test_header_values_and_addresses_cannot_grow_redis_without_bound(gw4, upstre
     serve(gw4)
     requests.get(gw4.url("/api/x"), headers={"X-Tenant": "t" * 6000}, timeout=10)
     client = store.ops_client()
-    keys = [k.decode() for k in client.scan_iter(match="{" + gw4.prefix + "}:rl:*")]
+    keys = [k.decode() for k in client.scan_iter(match="{" + gw4.prefix + ":*}:rl:*")]
     assert keys
     for key in keys:
         assert len(key) < 100

@@ -15,12 +15,13 @@ import requests
 
 from gateway_project import store
 from limits.models import RateLimitPolicy
+from tests.support.burst import burst
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.gateways import talking_to
 
 pytestmark = pytest.mark.slow
 
-# Hot-path Redis timeouts are 50 ms (connect and socket); a request may wait for a pooled connection for as
+# Hot-path Redis timeouts are 50 ms (connect) and 100 ms (command); a request may wait for a reconnection for as
 # long again. Allow generously for a loaded 2-core machine.
 BUDGET = 0.5
 
@@ -128,3 +129,25 @@ def test_redis_restarted_under_load(configured, own_redis):
     # After the restart the script is loaded again and counting is exact: the flushed counter fills up.
     after = [requests.get(configured.url("/allow/z"), timeout=10).status_code for _ in range(4)]
     assert after[-1] == 429
+
+
+def test_requests_answered_during_a_freeze_are_not_counted_when_redis_wakes(configured, own_redis):
+    """Checks written to a Redis that then froze were answered with the failure mode (503 here); when Redis wakes
+    it runs them, past their deadline, and they count nothing."""
+    from limits import services
+
+    policy = RateLimitPolicy.objects.get(name="deny-policy")
+    policy.limit = 1000
+    policy.save()
+    serve(configured)
+    assert requests.get(configured.url("/deny/x"), timeout=10).status_code == 200
+    own_redis.pause()
+    try:
+        codes = burst([(configured.port, "/deny/x")] * 100)
+    finally:
+        own_redis.resume()
+    assert codes == [503] * 100
+    time.sleep(0.5)
+    assert [(u.client, u.used) for u in services.policy_usage(policy=policy)] == [("ip:<127.0.0.1>", 1)]
+    assert requests.get(configured.url("/deny/x"), timeout=10).status_code == 200
+    assert [u.used for u in services.policy_usage(policy=policy)] == [2]

@@ -1,8 +1,9 @@
 """The contract of limits/lua/check.lua, on a real Redis and on the embedded store (fakeredis with Lua).
 
 The script is called directly, with KEYS/ARGV laid out as limits.storage.check and limits.limiter.check build
-them: ARGV[1] a unique member, then five values per policy (algorithm, limit, window ms, burst, shadow). Time
-comes from the server's TIME; the tests never pass it, they only sleep when a window has to pass.
+them: ARGV[1] a deadline ('' for none), ARGV[2] a unique member, then five values per policy (algorithm, limit,
+window ms, burst, shadow). Time comes from the server's TIME; the tests never pass it, they only sleep when a
+window has to pass. lua/undo.lua, which gives back what a call counted, is held to the same contract.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 import redis
 
 from limits.storage import SCRIPT
+from limits.storage import _undo as UNDO
 
 
 @dataclass(frozen=True)
@@ -57,16 +59,26 @@ class Script:
     def key(self, name: str = "k") -> str:
         return self.prefix + name
 
-    def __call__(self, *checks: tuple[str, Policy]) -> Reply:
+    def __call__(self, *checks: tuple[str, Policy], deadline: str = "") -> Reply:
         member = uuid.uuid4().hex
         keys = [key for key, _ in checks]
-        args = [member]
+        args = [deadline, member]
         for _, policy in checks:
             args.extend(policy.args())
         raw = [int(v) for v in self.script(keys=keys, args=args)]
         assert len(raw) == 1 + 4 * len(checks)
         results = [Result(bool(raw[i]), raw[i + 1], raw[i + 2], raw[i + 3]) for i in range(1, len(raw), 4)]
         return Reply(bool(raw[0]), results, member)
+
+    def undo(self, member: str, *checks: tuple[str, Policy]) -> None:
+        args = [member]
+        for _, policy in checks:
+            args.extend(policy.args()[:3])
+        self.client.register_script(UNDO.text)(keys=[key for key, _ in checks], args=args)
+
+    def redis_micros(self) -> int:
+        seconds, micros = self.client.time()
+        return seconds * 1_000_000 + micros
 
     def one(self, key: str, policy: Policy) -> Result:
         reply = self((key, policy))
@@ -241,3 +253,33 @@ def test_a_request_rejected_everywhere_writes_no_key(script):
     script(full)
     script((script.key("untouched-log"), Policy(limit=5)), (script.key("untouched-gcra"), Policy("G")), full)
     assert script.written_keys() == [full[0]]
+
+
+# deadline and undo
+
+
+def test_a_call_run_after_its_deadline_counts_nothing(script):
+    key, policy = script.key(), Policy(limit=3)
+    with pytest.raises(redis.ResponseError, match=r"^EXPIRED"):
+        script((key, policy), deadline=str(script.redis_micros() - 1000))
+    assert script.written_keys() == []
+    reply = script((key, policy), deadline=str(script.redis_micros() + 5_000_000))
+    assert reply.allowed
+    assert script.client.zcard(key) == 1
+
+
+def test_undo_gives_back_exactly_what_one_request_counted(script):
+    log, gcra = (script.key("log"), Policy(limit=3)), (script.key("gcra"), Policy("G", limit=3, window_ms=60_000))
+    script(log, gcra)
+    second = script(log, gcra)
+    script.undo(second.member, log, gcra)
+    assert script.client.zcard(log[0]) == 1
+    assert script(gcra).results[0].remaining == 1  # one request counted before, this one now: 3 - 2
+    first_only = script(log)
+    script.undo(first_only.member, log)
+    script.undo(first_only.member, log)  # a second undo of the same request changes nothing more
+    assert script.client.zcard(log[0]) == 1
+    lone = script.key("lone")
+    counted = script((lone, Policy("G", limit=3)))
+    script.undo(counted.member, (lone, Policy("G", limit=3)))
+    assert script.written_keys().count(lone) == 0

@@ -13,6 +13,9 @@ from proxy.models import Route
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.gateways import start_gateway, talking_to
 
+# Changes travel through the database (and Redis): run on PostgreSQL too.
+pytestmark = pytest.mark.postgres
+
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):

@@ -113,7 +113,7 @@ def hit(policy, client_ip: str, times: int = 1) -> str:
     compiled_policy = compile_policy(policy)
     for _ in range(times):
         limiter.check((compiled_policy,), client_ip=client_ip, consumer=None, route_id=1, environ={})
-    return compiled_policy.key_prefix + f"ip:<{client_ip}>"
+    return compiled_policy.counter_key(f"ip:<{client_ip}>")
 
 
 def breaker_op(op: str, upstream: Upstream, extra: str = "", *, gen: int | None = None, **overrides):

@@ -39,9 +39,10 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
 class RedisServer:
     """A redis-server of our own, so tests can stop, hang and restart it without touching anything else."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, options: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        self.options = options  # more redis-server arguments
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -68,6 +69,7 @@ class RedisServer:
                 str(self.workdir),
                 "--logfile",
                 str(self.workdir / "redis.log"),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -96,6 +98,128 @@ class RedisServer:
 
     def resume(self) -> None:
         os.kill(self.proc.pid, signal.SIGCONT)
+
+
+#: As docker/redis-cluster.conf has them, but for a node timeout short enough that a test's failover is quick.
+CLUSTER_OPTIONS = ("--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no")
+
+
+class ClusterNode(RedisServer):
+    """One node of a Redis Cluster: its config file in its own directory, a short node timeout so a failover
+    takes a second or two, and the other shards keep serving while one has no primary."""
+
+    def __init__(self, workdir: Path) -> None:
+        options = ("--cluster-enabled", "yes", "--cluster-config-file", str(workdir / "nodes.conf"))
+        options += ("--cluster-port", str(free_port()))  # the default, port + 10000, may be past 65535
+        super().__init__(workdir, options=(*options, *CLUSTER_OPTIONS))
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10
+        ).stdout
+
+    def role(self) -> str:
+        return self.cli("ROLE").split("\n", 1)[0].strip()
+
+
+class RedisClusterServers:
+    """A Redis Cluster on loopback: three primaries, each with one replica, started with redis-server's cluster
+    mode and joined by `redis-cli --cluster create`."""
+
+    def __init__(self, workdir: Path, shards: int = 3) -> None:
+        self.nodes = [ClusterNode(workdir / f"node{i}") for i in range(2 * shards)]
+
+    @property
+    def url(self) -> str:
+        """One node's address: the gateway learns the rest from it."""
+        return self.nodes[0].url.removesuffix("/0")
+
+    def start(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_until(self.healthy, 30, "the Redis Cluster")
+        return self
+
+    def healthy(self) -> bool:
+        running = [node for node in self.nodes if node.proc is not None]
+        if not all("cluster_state:ok" in node.cli("CLUSTER", "INFO") for node in running):
+            return False
+        replicas = [node for node in running if node.role() == "slave"]
+        return len(replicas) == len(running) - len(self.primaries()) and all(
+            "master_link_status:up" in node.cli("INFO", "replication") for node in replicas
+        )
+
+    def primaries(self) -> list[ClusterNode]:
+        return [node for node in self.nodes if node.proc is not None and node.role() == "master"]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+class SentinelPair:
+    """A primary and its replica watched by one Sentinel (quorum 1), on loopback, failing over within seconds."""
+
+    SERVICE = "gateway"
+
+    def __init__(self, workdir: Path) -> None:
+        self.primary = RedisServer(workdir / "primary")
+        self.replica = RedisServer(workdir / "replica")
+        self.workdir = workdir
+        self.sentinel_port = free_port()
+        self.sentinel: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.SERVICE}"
+
+    def start(self) -> SentinelPair:
+        self.primary.start()
+        self.replica.options = ("--replicaof", "127.0.0.1", str(self.primary.port))
+        self.replica.start()
+        config = self.workdir / "sentinel.conf"
+        config.write_text(
+            f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+            f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 1\n"
+            f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
+            f"sentinel failover-timeout {self.SERVICE} 5000\n"
+        )
+        self.sentinel = subprocess.Popen(
+            [shutil.which("redis-server"), str(config), "--sentinel", "--logfile", str(self.workdir / "sentinel.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: self.replica_synced() and self.primary_port() == self.primary.port, 20, "the Sentinel")
+        return self
+
+    def primary_port(self) -> int | None:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.sentinel_port), "SENTINEL", "get-master-addr-by-name", self.SERVICE],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split()
+        return int(out[1]) if len(out) == 2 else None
+
+    def replica_synced(self) -> bool:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.replica.port), "INFO", "replication"], capture_output=True, text=True
+        ).stdout
+        return "master_link_status:up" in out
+
+    def stop(self) -> None:
+        if self.sentinel is not None and self.sentinel.poll() is None:
+            self.sentinel.terminate()
+            self.sentinel.wait(5)
+        self.primary.stop()
+        self.replica.stop()
 
 
 class Gateway:

@@ -3,7 +3,7 @@
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
+from django.db import DatabaseError, transaction
 
 from gateway_project import configfile, runtime
 
@@ -42,6 +42,10 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{path}: {len(exc.problems)} problem(s), nothing was changed:\n  " + "\n  ".join(exc.problems)
             ) from exc
+        except DatabaseError as exc:
+            # An operator's mistake or an outage, not a bug: say what happened in one line, not a traceback.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CommandError(f"the database is unavailable, nothing was changed: {reason}") from exc
         if not plan.changes:
             self.stdout.write("No changes.")
             return
