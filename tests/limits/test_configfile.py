@@ -14,6 +14,7 @@ from limits.compiled import hash_key
 from limits.models import MAX_LOG_LIMIT, ApiKey, Consumer, RateLimitPolicy
 from proxy.models import Route
 from tests.support.config import (
+    TEST_ACTOR,
     assert_round_trip_is_a_no_op,
     import_and_apply,
     make_route,
@@ -356,7 +357,7 @@ def test_revoked_at_without_an_offset_is_refused_or_stable(seeded):
         return  # refusing it is fine
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        configfile.apply(plan)
+        configfile.apply(plan, actor=TEST_ACTOR)
     assert configfile.plan(document).changes == []
 
 
