@@ -50,9 +50,9 @@ def seeded():
     make_route("other", "/other", backend)
     acme = make_consumer("acme", description="Acme Corp")
     make_consumer("globex", enabled=False)
-    active, plaintext = services.create_api_key(consumer=acme, label="ci")
-    revoked, _ = services.create_api_key(consumer=acme, label="old laptop")
-    services.revoke_api_key(key=revoked)
+    active, plaintext = services.create_api_key(consumer=acme, label="ci", actor=TEST_ACTOR)
+    revoked, _ = services.create_api_key(consumer=acme, label="old laptop", actor=TEST_ACTOR)
+    services.revoke_api_key(key=revoked, actor=TEST_ACTOR)
     make_policy("global-ip")
     make_policy(
         "api-tenant",
