@@ -23,3 +23,7 @@ def add(hooks: list, hook) -> None:
 
 #: Inline admin classes shown on the upstream's admin page (breakers: the breaker's settings).
 upstream_admin_inlines: list[type] = []
+
+
+#: The management API's endpoints an app contributes: (URL prefix under /_gateway/api/v1/, viewset class).
+api_viewsets: list[tuple[str, type]] = []

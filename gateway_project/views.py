@@ -23,6 +23,14 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 def readyz(request: HttpRequest) -> HttpResponse:
     """Readiness: the database and Redis answer and the configuration has been loaded; 503 names what failed."""
+    checks = readiness()
+    ready = all(not value.startswith("error") for value in checks.values())
+    body = {"status": "ready" if ready else "unavailable", "checks": checks}
+    return HttpResponse(json.dumps(body), status=200 if ready else 503, content_type="application/json")
+
+
+def readiness() -> dict[str, str]:
+    """Each dependency's check: 'ok' (or the revision served), or 'error: ...' naming what failed."""
     checks: dict[str, str] = {}
     try:
         with connection.cursor() as cursor:
@@ -39,9 +47,7 @@ def readyz(request: HttpRequest) -> HttpResponse:
     checks["config"] = (
         runtime.describe(snapshot.revision, snapshot.token) if snapshot.loaded_at else "error: not loaded"
     )
-    ready = all(not value.startswith("error") for value in checks.values())
-    body = {"status": "ready" if ready else "unavailable", "checks": checks}
-    return HttpResponse(json.dumps(body), status=200 if ready else 503, content_type="application/json")
+    return checks
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
