@@ -279,6 +279,8 @@ def test_breakers_live_state_reset_and_modes(ops):
     assert (reset.json()["state"], reset.json()["held_open"]) == (CLOSED, True)
     assert ops.post("/breakers/orders/mode/", {"mode": "sideways"}).json()["fields"]["mode"]
     assert ops.get("/breakers/nope/").status_code == 404
+    for path in ("/breakers/", "/breakers/orders/", "/breakers/orders/reset/"):  # found by schemathesis: were 500
+        assert ops.call("trace", path).status_code == 405
     assert [b["upstream"] for b in ops.get("/breakers/").json()] == ["orders"]
     trail = [(e.action, e.object_type, e.changes, e.note) for e in AuditEntry.objects.filter(object_type="breaker")]
     assert trail == [
