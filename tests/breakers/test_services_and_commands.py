@@ -19,6 +19,7 @@ from breakers import services
 from breakers.models import BreakerTransition
 from breakers.policy import CLOSED, FORCED_OPEN, HALF_OPEN, NORMAL, OPEN, SHADOW
 from gateway_project.audit import Actor
+from gateway_project.models import AuditEntry
 from proxy.models import Upstream
 from tests.support.config import TEST_ACTOR, breaker_modes, breaker_op, make_upstream
 
@@ -243,3 +244,64 @@ def test_reading_live_states_inside_a_transaction_keeps_it(upstreams):
         make_upstream("delta")
         assert [s.state for s in services.live_states(names=["alpha"])] == [OPEN]
         assert Upstream.objects.filter(name="delta").exists()
+
+
+def test_reset_breakers_says_when_the_mode_still_holds_a_breaker_open(upstreams):
+    services.set_mode(names=["alpha"], mode=FORCED_OPEN, actor=Actor("user:ops", "admin"))
+    assert command("reset_breakers", "alpha", "beta").splitlines() == [
+        "reset alpha, but its mode forced_open still holds it open "
+        "(`manage.py breaker_mode normal alpha` lets requests through)",
+        "reset beta",
+    ]
+    audited = AuditEntry.objects.filter(action="reset").order_by("object_name")
+    assert [(e.actor, e.via, e.object_name, e.changes, e.note) for e in audited] == [
+        (f"cli:{getpass.getuser()}", "cli", "alpha", {"state": [OPEN, CLOSED]}, "mode forced_open still holds it open"),
+        (f"cli:{getpass.getuser()}", "cli", "beta", {}, ""),
+    ]
+
+
+def test_breaker_mode_command_sets_every_mode_and_records_who(upstreams):
+    for mode in (FORCED_OPEN, "disabled", SHADOW, NORMAL):
+        assert command("breaker_mode", mode, "alpha").splitlines() == [f"alpha: {mode}"]
+        assert breaker_modes()["alpha"] == mode
+    assert command("breaker_mode", NORMAL, "alpha").splitlines() == ["alpha: already normal"]
+    assert command("breaker_mode", SHADOW, "--all").splitlines() == [
+        "alpha: shadow",
+        "beta: shadow",
+        "gamma: already shadow",
+    ]
+    rows = BreakerTransition.objects.filter(kind="mode", upstream_name="alpha").order_by("id")
+    assert [(r.from_state, r.to_state) for r in rows] == [
+        (NORMAL, FORCED_OPEN),
+        (FORCED_OPEN, "disabled"),
+        ("disabled", SHADOW),
+        (SHADOW, NORMAL),
+        (NORMAL, SHADOW),
+    ]
+    assert {r.actor for r in rows} == {f"cli:{getpass.getuser()}"}
+    changes = [
+        e.changes["mode"] for e in AuditEntry.objects.filter(object_type="breaker", object_name="alpha").order_by("id")
+    ]
+    assert changes == [
+        [NORMAL, FORCED_OPEN],
+        [FORCED_OPEN, "disabled"],
+        ["disabled", SHADOW],
+        [SHADOW, NORMAL],
+        [NORMAL, SHADOW],
+    ]
+    with pytest.raises(CommandError, match="invalid choice"):
+        command("breaker_mode", "sideways", "alpha")
+    with pytest.raises(CommandError, match="no upstream named 'nope'"):
+        command("breaker_mode", NORMAL, "nope")
+
+
+def test_live_state_commands_refuse_the_embedded_store_and_touch_nothing(upstreams, settings):
+    """A command's own embedded store is empty: answering from it would be pretending."""
+    settings.GATEWAY_EMBEDDED_STORE = True
+    for args in (("breakers",), ("reset_breakers", "alpha"), ("reset_breakers", "--all")):
+        with pytest.raises(CommandError, match=r"inside the running gateway's process: it uses the embedded store"):
+            command(*args)
+    settings.GATEWAY_EMBEDDED_STORE = False
+    assert states()["alpha"] == OPEN
+    assert not BreakerTransition.objects.filter(reason__startswith="reset by").exists()
+    assert not AuditEntry.objects.exists()
