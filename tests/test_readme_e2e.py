@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,17 +54,17 @@ def try_it_commands() -> list[str]:
     return [line for line in block.splitlines() if line and not line[0].isspace()]
 
 
-@pytest.fixture(scope="module")
-def made_run(tmp_path_factory):
-    """What `make run` leaves running on a machine without Redis, and what it printed."""
-    workdir = tmp_path_factory.mktemp("make-run")
+@contextmanager
+def make_run(workdir: Path, **settings: str):
+    """Start a gateway with the Makefile's own `run` recipe, given `settings` as make's command line would;
+    yield where it listens, what it printed and its environment."""
     var, port = workdir / "var", free_port()
     env = {
         **plain_environment(var),
         "DEBUG": "1",  # the Makefile's `export DEBUG ?= 1`
-        "REDIS_URL": "embedded://",  # what a machine without a Redis on 6379 gets
         "GATEWAY_LISTEN": f"127.0.0.1:{port}",
         "GATEWAY_LOG_LEVEL": "WARNING",
+        **settings,
     }
     *setup, serve = make_run_recipe()
     printed = []
@@ -84,6 +85,21 @@ def made_run(tmp_path_factory):
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(15)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def made_run(tmp_path_factory):
+    """What `make run` leaves running on a machine without Redis (the embedded store)."""
+    with make_run(tmp_path_factory.mktemp("make-run"), REDIS_URL="embedded://") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def made_run_with_redis(tmp_path_factory, redis_server):
+    """What `make run` leaves running next to a Redis (here the suite's, under a key prefix of its own)."""
+    workdir = tmp_path_factory.mktemp("make-run-redis")
+    with make_run(workdir, REDIS_URL=redis_server.url, GATEWAY_REDIS_PREFIX=f"readme{os.getpid()}") as running:
+        yield running
 
 
 def run_in_a_plain_shell(commands: list[str], made_run) -> list[str]:
@@ -169,3 +185,91 @@ def test_manage_py_in_a_plain_shell_uses_the_running_gateways_settings(made_run)
     assert refused.returncode == 1
     assert refused.stdout == ""
     assert refused.stderr.startswith("CommandError: the live state (breakers, rate-limit counters) is inside")
+
+
+def readme_block(heading: str) -> str:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index(heading) :]
+    start = section.index("```sh\n") + 6
+    return section[start : section.index("\n```", start)]
+
+
+def run_day(heading: str, made_run, upstream, tmp_path) -> str:
+    """Run one of the README's operator days as one script in a new plain shell, stopping at the first error."""
+    script = readme_block(heading)
+    for old, new in (
+        ("127.0.0.1:8000", f"127.0.0.1:{made_run['port']}"),
+        ("127.0.0.1:9000", f"127.0.0.1:{upstream.port}"),
+        ("var/api-token", f"{made_run['var']}/api-token"),
+        (".venv/bin/python manage.py", f"{sys.executable} {REPO}/manage.py"),
+    ):
+        script = script.replace(old, new)
+    result = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + script],
+        cwd=tmp_path,
+        env=plain_environment(made_run["var"]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def api_get(made_run, path: str):
+    token = (made_run["var"] / "api-token").read_text().strip()
+    response = requests.get(
+        made_run["base"] + "/_gateway/api/v1" + path, headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+DAY = [
+    ("create", "upstream", "orders"),
+    ("create", "route", "orders"),
+    ("create", "consumer", "acme"),
+]
+
+
+def test_the_operators_day_with_curl_runs_as_written(made_run, upstream, tmp_path):
+    output = run_day("### An operator's day with curl", made_run, upstream, tmp_path)
+    assert '"applied":false,"changes":[{"action":"update","object_type":"upstream","name":"orders",' in output
+    assert '"changes":{"read_timeout":[30.0,5.0]}}]' in output
+    assert upstream.received[-1].header("X-Consumer-Name") == "acme"
+    assert api_get(made_run, "/upstreams/orders/")["read_timeout"] == 5.0
+    steps = [
+        (e["action"], e["object_type"], e["object_name"], e["actor"].split(" ")[-1])
+        for e in reversed(api_get(made_run, "/audit/?limit=7")["results"])
+    ]
+    key_prefix = steps[3][2]
+    assert steps == [
+        *[(*step, "(admin)") for step in DAY],
+        ("create", "api_key", key_prefix, "(admin)"),
+        ("create", "rate_limit", "acme-per-minute", "(admin)"),
+        ("reset", "breaker", "orders", "(admin)"),
+        ("update", "upstream", "orders", "(admin)"),
+    ]
+
+
+def test_the_same_day_with_manage_py_runs_as_written(made_run_with_redis, upstream, tmp_path):
+    output = run_day("### The same day with manage.py", made_run_with_redis, upstream, tmp_path)
+    assert "  create upstream 'orders'\n  create route 'orders'\n" in output
+    assert "Dry run: 4 change(s) would be applied; nothing was changed." in output
+    assert "reset orders\n" in output
+    assert "  update upstream 'orders'\n      read_timeout: 30.0 → 5.0\n" in output
+    assert upstream.received[-1].header("X-Consumer-Name") == "acme"
+    assert api_get(made_run_with_redis, "/upstreams/orders/")["read_timeout"] == 5.0
+    steps = [
+        (e["action"], e["object_type"], e["object_name"], e["actor"].split(":")[0], e["via"])
+        for e in reversed(api_get(made_run_with_redis, "/audit/?limit=20")["results"])
+        if e["object_name"] != "demo" and e["object_type"] != "api_token" and e["object_name"] != "demo-per-ip"
+    ]
+    assert [step[:3] for step in steps] == [
+        *DAY,
+        ("create", "rate_limit", "acme-per-minute"),
+        ("create", "api_key", steps[4][2]),
+        ("reset", "breaker", "orders"),
+        ("update", "upstream", "orders"),
+    ]
+    assert {step[3:] for step in steps} == {("cli", "cli")}
