@@ -17,12 +17,16 @@ VIEW, CHANGE = ["breakers.view_breaker"], ["breakers.view_breaker", "breakers.ch
 
 
 class TransitionSerializer(serializers.Serializer):
-    at = serializers.DateTimeField()
-    # The history's field names, as `manage.py breakers --json` writes them.
-    vars()["from"] = serializers.CharField()
-    to = serializers.CharField()
-    reason = serializers.CharField(allow_blank=True)
-    actor = serializers.CharField(allow_blank=True)
+    """The last transition, with the field names `manage.py breakers --json` writes ('from' is a keyword)."""
+
+    def get_fields(self):
+        return {
+            "at": serializers.DateTimeField(),
+            "from": serializers.CharField(),
+            "to": serializers.CharField(),
+            "reason": serializers.CharField(allow_blank=True),
+            "actor": serializers.CharField(allow_blank=True),
+        }
 
 
 class BreakerSerializer(serializers.Serializer):
