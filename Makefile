@@ -19,9 +19,11 @@ venv: $(VENV)/.installed
 
 # `make run`: development defaults (DEBUG on, demo upstream, 127.0.0.1:8000). Override any variable from
 # README.md on the command line or in the environment, e.g. `make run REDIS_URL=redis://10.0.0.5:6379/0`.
+# It records those settings in var/make-run.env, so manage.py in any other shell uses the same ones.
 run: export DEBUG ?= 1
 run: venv
 	@mkdir -p var
+	$(PY) -m gateway_project.conf
 	$(PY) manage.py migrate --noinput -v 0
 	$(PY) manage.py collectstatic --noinput -v 0
 	$(PY) manage.py gateway_demo

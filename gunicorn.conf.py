@@ -6,22 +6,29 @@ GATEWAY_WORKER_CONNECTIONS (default 1000) requests in flight while they wait on 
 would hold only workers x threads. docs/operations.md has the measurements behind the choice.
 """
 
+import importlib
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
 from gunicorn import glogging
 
 from gateway_project import conf, redis_url
 from gateway_project.logging import build_logging_config
 
-_env = conf.read()
-
-# Decide once, in the master, which Redis the gateway uses, and hand the answer to the workers.
-_redis_url = redis_url.resolve_redis_url(_env["REDIS_URL"])
-os.environ["REDIS_URL"] = _redis_url
+try:
+    _env = conf.read()
+    # Decide once, in the master, which Redis the gateway uses, and hand the answer to the workers.
+    _redis_url = redis_url.resolve_redis_url(_env["REDIS_URL"])
+    os.environ["REDIS_URL"] = _redis_url
+    # Every check the workers' settings make, made once here: a bad setting stops the master with one line
+    # instead of every worker failing to boot with a traceback.
+    importlib.import_module("gateway_project.settings")
+except ImproperlyConfigured as exc:
+    conf.exit_on_error(exc)
 _embedded = redis_url.is_embedded(_redis_url)
 
 # Metrics of all workers add up through files in one directory (prometheus_client's multiprocess mode). It

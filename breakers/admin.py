@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 
 from breakers import services
 from breakers.models import Breaker, BreakerConfig, BreakerTransition
+from gateway_project.admin import actor_of
 
 ACTIONS = {
     "reset": "Reset (close and clear counts)",
@@ -24,6 +25,7 @@ class BreakerConfigInline(admin.StackedInline):
     """The breaker's settings on the upstream's page (registered with the core in apps.py)."""
 
     model = BreakerConfig
+    audit_type = "breaker"
     can_delete = False
     min_num = 0
     max_num = 1
@@ -82,7 +84,7 @@ class BreakerAdmin(admin.ModelAdmin):
         if not self.has_change_permission(request):
             raise PermissionDenied
         action, names = request.POST.get("action", ""), request.POST.getlist("upstream")
-        actor = f"admin:{request.user.get_username()}"
+        actor = actor_of(request)
         try:
             if action == "reset":
                 done = services.reset_breakers(names=names, actor=actor)
@@ -99,6 +101,9 @@ class BreakerAdmin(admin.ModelAdmin):
             self.message_user(
                 request, f"{what}: {', '.join(done)}" if done else f"{what}: nothing to change", messages.SUCCESS
             )
+            held = services.held_open(names=done) if action == "reset" else []
+            if held:
+                self.message_user(request, f"Still forced open by their mode: {', '.join(held)}.", messages.WARNING)
         return HttpResponseRedirect(reverse("admin:breakers_breaker_changelist"))
 
 

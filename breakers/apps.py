@@ -6,7 +6,7 @@ class BreakersConfig(AppConfig):
     verbose_name = "Circuit breakers"
 
     def ready(self) -> None:
-        from breakers import compiled, gate, metrics
+        from breakers import api, compiled, gate, metrics
         from breakers.admin import BreakerConfigInline
         from breakers.configfile import BreakerFields
         from breakers.models import BreakerConfig
@@ -16,3 +16,4 @@ class BreakersConfig(AppConfig):
         configfile.extend("upstreams", BreakerFields())
         registry.add(registry.upstream_admin_inlines, BreakerConfigInline)
         registry.add(gate.listeners, metrics.on_event)
+        registry.add(registry.api_viewsets, ("breakers", api.BreakerViewSet))

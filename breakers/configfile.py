@@ -40,7 +40,8 @@ class BreakerFields(Extension):
     compared = (*(name for name, _ in fields), "failure_statuses")
 
     def export(self, upstream) -> dict[str, Any]:
-        config = _current(upstream)
+        # An upstream built from a document (not yet saved) exports the settings it would get.
+        config = getattr(upstream, "_breaker_config", None) or _current(upstream)
         item = {name: getattr(config, name) for name, _ in self.fields}
         item["failure_statuses"] = status_list(config.failure_statuses)
         return item

@@ -1,4 +1,5 @@
-"""Operator actions and live state; the admin page and the management commands call these."""
+"""Operator actions and live state; the admin page, the API and the management commands call these, and every
+action is recorded in the audit trail (the breaker's own history keeps its transitions too)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from redis.exceptions import RedisError
 from breakers import redis_storage, sync
 from breakers.compiled import settings_from
 from breakers.models import BreakerConfig, BreakerTransition
-from breakers.policy import DEFAULT, MODES, OPEN, BreakerSettings
+from breakers.policy import CLOSED, DEFAULT, FORCED_OPEN, MODES, OPEN, BreakerSettings
 from breakers.redis_storage import RedisStorage
 from breakers.storage import BreakerId
-from gateway_project import store
+from gateway_project import audit, changes, store
+from gateway_project.audit import Actor
 
 _storage = RedisStorage()
 
@@ -73,6 +75,10 @@ def _upstreams(names: list[str] | None = None):
             raise UnknownUpstream(f"no upstream named {', '.join(repr(n) for n in missing)}")
         return [found[n] for n in names]
     return list(queryset)
+
+
+def upstream_names() -> list[str]:
+    return [u.name for u in _upstreams()]
 
 
 def config_of(upstream) -> BreakerConfig | None:
@@ -146,18 +152,39 @@ def live_states(*, names: list[str] | None = None, page: bool = False) -> list[B
     return statuses
 
 
-def reset_breakers(*, names: list[str] | None = None, actor: str) -> list[str]:
-    """Close the named breakers (all when `names` is None) and clear their counts; returns the names reset."""
+def reset_breakers(*, names: list[str] | None = None, actor: Actor) -> list[str]:
+    """Close the named breakers (all when `names` is None) and clear their counts; returns the names reset.
+
+    A breaker whose mode is forced_open stays closed in Redis but still rejects: `held_open()` names those."""
     done = []
     for upstream in _upstreams(names):
-        _storage.reset(BreakerId(upstream.id, upstream.name), policy_of(upstream), actor=actor)
+        view = _storage.reset(BreakerId(upstream.id, upstream.name), policy_of(upstream), actor=actor.name)
         sync.record_events(upstream.id)
+        mode = mode_of(upstream)
+        audit.record(
+            actor=actor,
+            action="reset",
+            object_type="breaker",
+            object_name=upstream.name,
+            changes={"state": [view.from_state, CLOSED.value]} if view.from_state != CLOSED else {},
+            note=f"mode {mode} still holds it open" if mode == FORCED_OPEN else "",
+        )
         done.append(upstream.name)
     return done
 
 
+def held_open(*, names: list[str] | None = None) -> list[str]:
+    """Of the named upstreams, those whose breaker mode is forced_open: a reset does not let requests through."""
+    return [u.name for u in _upstreams(names) if mode_of(u) == FORCED_OPEN]
+
+
+def save_config(*, config: BreakerConfig, actor: Actor, if_match: str | None = None) -> dict[str, list]:
+    """Save an upstream's breaker settings (validated, ETag-guarded, recorded)."""
+    return changes.save(config, actor=actor, object_type="breaker", name=config.upstream.name, if_match=if_match)
+
+
 @transaction.atomic
-def set_mode(*, names: list[str], mode: str, actor: str) -> list[str]:
+def set_mode(*, names: list[str], mode: str, actor: Actor) -> list[str]:
     """Set the operator mode (normal, forced_open, disabled, shadow); every gateway applies it within a second."""
     if mode not in MODES:
         raise ValueError(f"unknown breaker mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -173,10 +200,10 @@ def set_mode(*, names: list[str], mode: str, actor: str) -> list[str]:
             from_state=config.mode,
             to_state=mode,
             reason=f"mode set to {mode}",
-            actor=actor,
+            actor=actor.name[:150],
             at=timezone.now(),
         )
         config.mode = mode
-        config.save()
+        changes.save(config, actor=actor, object_type="breaker", name=upstream.name)
         changed.append(upstream.name)
     return changed

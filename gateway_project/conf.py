@@ -7,6 +7,11 @@ README.md's settings table lists every variable declared here (tests/gateway_pro
 
 Hot-path code takes these values when it is built (middleware `__init__`, compiled configuration), never per
 request.
+
+`make run` records the development settings it started with in `<GATEWAY_VAR_DIR>/make-run.env` (see
+`write_run_file`), so that `manage.py` in any other shell uses the same database, Redis and DEBUG as the running
+gateway. The file is read only by a process whose environment sets neither SECRET_KEY nor DEBUG: production
+always sets SECRET_KEY, so it reads the environment alone.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import difflib
 import ipaddress
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -427,9 +433,56 @@ SETTINGS: tuple[Setting, ...] = (
 _BY_ENV = {s.env: s for s in SETTINGS}
 
 
-def read(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Every setting's value from `environ` (default: os.environ), by variable name; raise on any bad one."""
+RUN_FILE = "make-run.env"
+
+
+def run_file(environ: Mapping[str, str]) -> Path:
+    """Where `make run` records its settings: in GATEWAY_VAR_DIR."""
+    return Path(environ.get("GATEWAY_VAR_DIR") or BASE_DIR / "var") / RUN_FILE
+
+
+def read_run_file(environ: Mapping[str, str]) -> dict[str, str]:
+    """The settings `make run` recorded, for a development shell (no SECRET_KEY, no DEBUG); else nothing."""
+    path = run_file(environ)
+    if "SECRET_KEY" in environ or "DEBUG" in environ or not path.is_file():
+        return {}
+    values = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or name not in _BY_ENV:
+            raise ImproperlyConfigured(f"{name or line}: line {number} of {path} is not a setting of this gateway")
+        values[name] = value
+    return values
+
+
+def write_run_file(environ: Mapping[str, str] | None = None, **resolved: str) -> Path:
+    """Record the settings of `make run` (every declared variable it was given, plus `resolved` values such as
+    the Redis it chose) for manage.py in other shells."""
     environ = os.environ if environ is None else environ
+    values = {s.env: environ[s.env] for s in SETTINGS if s.env in environ}
+    values.update(resolved)
+    path = run_file(environ)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Written by `make run` at every start: the settings of the gateway it runs. manage.py and gunicorn read",
+        "# this file when their environment sets neither SECRET_KEY nor DEBUG; the environment wins over it.",
+        *(f"{name}={value}" for name, value in values.items()),
+    ]
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text("\n".join(lines) + "\n")
+    os.chmod(temporary, 0o600)
+    temporary.replace(path)
+    return path
+
+
+def read(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Every setting's value from `environ` (default: os.environ, over `make run`'s file when that applies), by
+    variable name; raise ImproperlyConfigured naming the variable on any bad one."""
+    if environ is None:
+        environ = {**read_run_file(os.environ), **os.environ}
     unknown = sorted(n for n in environ if n.startswith("GATEWAY_") and n not in _BY_ENV)
     if unknown:
         name = unknown[0]
@@ -451,3 +504,19 @@ def read(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     if not values["SECRET_KEY"] and not values["DEBUG"]:
         raise ImproperlyConfigured("SECRET_KEY: required when DEBUG is off (use a long random string)")
     return values
+
+
+def exit_on_error(exc: ImproperlyConfigured) -> None:
+    """How manage.py and gunicorn stop on a configuration error: one line naming the variable, no traceback."""
+    sys.exit(f"configuration error: {exc}")
+
+
+if __name__ == "__main__":
+    # `make run` records its settings, with the Redis it chose (a local one that answers, or the embedded store).
+    from gateway_project.redis_url import resolve_redis_url
+
+    try:
+        chosen = resolve_redis_url(read()["REDIS_URL"])
+    except ImproperlyConfigured as exc:
+        exit_on_error(exc)
+    print(f"Settings of this run saved in {write_run_file(REDIS_URL=chosen)}: manage.py in any shell uses them.")

@@ -10,6 +10,7 @@ alone. Objects that exist but are not in their section are kept, or deleted with
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ from typing import Any
 import yaml
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
+
+from gateway_project import audit
+from gateway_project.audit import Actor
 
 FORMAT_VERSION = 1
 
@@ -36,10 +40,48 @@ class Change:
     section: str
     name: str
     fields: tuple[str, ...] = ()
+    #: Each changed field as the document writes it ('read_timeout', 'breaker.mode', 'upstream'): (path, old, new).
+    values: tuple[tuple[str, Any, Any], ...] = ()
+
+    @property
+    def object_type(self) -> str:
+        """The section's objects in the singular: upstream, route, consumer, rate_limit."""
+        return self.section.removesuffix("s")
 
     def __str__(self) -> str:
-        what = f"{self.action} {self.section[:-1] if self.section.endswith('s') else self.section} {self.name!r}"
+        what = f"{self.action} {self.object_type} {self.name!r}"
         return f"{what}: {', '.join(self.fields)}" if self.fields else what
+
+    def lines(self) -> list[str]:
+        """Each changed value as `path: old → new`, in the document's terms."""
+        return [f"{path}: {show(old)} → {show(new)}" for path, old, new in self.values]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "object_type": self.object_type,
+            "name": self.name,
+            "changes": {path: [old, new] for path, old, new in self.values},
+        }
+
+
+def show(value: Any) -> str:
+    """A value as the document would write it, on one line."""
+    if isinstance(value, str):
+        return value if value else "''"
+    return json.dumps(value)
+
+
+def _at(item: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        item = item.get(part) if isinstance(item, dict) else None
+    return item
+
+
+def _values(old: dict[str, Any], new: dict[str, Any], fields: tuple[str, ...]) -> tuple[tuple[str, Any, Any], ...]:
+    """The changed fields' values; a field named by its model attribute (upstream_id) is its item key (upstream)."""
+    paths = (field.removesuffix("_id") for field in fields)
+    return tuple((path, _at(old, path), _at(new, path)) for path in paths)
 
 
 @dataclass
@@ -265,8 +307,6 @@ def export_document() -> dict[str, Any]:
 
 def dump(document: dict[str, Any], fmt: str = "yaml") -> str:
     if fmt == "json":
-        import json
-
         return json.dumps(document, indent=2) + "\n"
     return yaml.safe_dump(document, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
@@ -324,12 +364,15 @@ def plan(document: dict[str, Any], *, prune: bool = False) -> Plan:
             _build(section, item, obj, ctx)
             final[name] = obj
             if current is None:
-                result.changes.append(Change("create", section.key, name))
+                new = _export(section, obj) if not ctx.problems else {}
+                created = tuple((path, None, value) for path, value in new.items() if path != section.natural_key)
+                result.changes.append(Change("create", section.key, name, values=created))
                 result.saves.append(obj)
             else:
                 changed = _differences(section, obj, current)
                 if changed:
-                    result.changes.append(Change("update", section.key, name, changed))
+                    values = () if ctx.problems else _values(_export(section, current), _export(section, obj), changed)
+                    result.changes.append(Change("update", section.key, name, changed, values))
                     result.saves.append(obj)
         leftovers = [obj for name, obj in existing.items() if name not in final]
         if prune:
@@ -341,16 +384,19 @@ def plan(document: dict[str, Any], *, prune: bool = False) -> Plan:
 
     for section, leftovers in reversed(pending_deletes):
         for obj in sorted(leftovers, key=section.name_of):
-            result.changes.append(Change("delete", section.key, section.name_of(obj)))
+            old = _export(section, obj) if not ctx.problems else {}
+            deleted = tuple((path, value, None) for path, value in old.items() if path != section.natural_key)
+            result.changes.append(Change("delete", section.key, section.name_of(obj), values=deleted))
             result.deletes.append(obj)
     if ctx.problems:
         raise ConfigError(ctx.problems)
     return result
 
 
-def apply(result: Plan) -> None:
-    """Write a plan in one transaction: every change lands, or none does."""
+def apply(result: Plan, *, actor: Actor, prune: bool = False) -> None:
+    """Write a plan in one transaction, each change with its audit entry: every change lands, or none does."""
     by_model = {s.model: s for s in _sections}
+    note = "import --prune" if prune else "import"
     with transaction.atomic():
         for obj in result.saves:
             section = by_model[type(obj)]
@@ -359,3 +405,26 @@ def apply(result: Plan) -> None:
                 extension.save(obj)
         for obj in result.deletes:
             obj.delete()
+        for change in result.changes:
+            audit.record(
+                actor=actor,
+                action=change.action,
+                object_type=change.object_type,
+                object_name=change.name,
+                changes=change.as_dict()["changes"],
+                note=note,
+            )
+
+
+def import_document(document: dict[str, Any], *, actor: Actor, prune: bool = False, dry_run: bool = False) -> Plan:
+    """The import service (gateway_import, the API): validate the whole document and, unless `dry_run`, apply
+    it. Validation and writing share one transaction that holds the configuration revision row, so no admin
+    save or other import commits in between. Raises ConfigError listing every problem."""
+    from gateway_project import runtime
+
+    with transaction.atomic():
+        runtime.lock()
+        result = plan(document, prune=prune)
+        if result.changes and not dry_run:
+            apply(result, actor=actor, prune=prune)
+    return result

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-#: `make run`'s demo: after proxy created the demo route, each hook gets it, creates what is missing of its
-#: app's part of the demo, and returns lines saying what it created.
-demo_hooks: list[Callable[[Any], list[str]]] = []
+#: `make run`'s demo: after proxy created the demo route, each hook gets it and the actor (for the audit trail),
+#: creates what is missing of its app's part of the demo, and returns lines saying what it created.
+demo_hooks: list[Callable[[Any, Any], list[str]]] = []
 
 
 def add(hooks: list, hook) -> None:
@@ -23,3 +23,7 @@ def add(hooks: list, hook) -> None:
 
 #: Inline admin classes shown on the upstream's admin page (breakers: the breaker's settings).
 upstream_admin_inlines: list[type] = []
+
+
+#: The management API's endpoints an app contributes: (URL prefix under /_gateway/api/v1/, viewset class).
+api_viewsets: list[tuple[str, type]] = []

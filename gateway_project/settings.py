@@ -91,6 +91,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_prometheus",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "gateway_project.apps.GatewayConfig",
     "proxy",
     "limits",
@@ -175,6 +178,38 @@ else:
 # Admin messages live in the session, not in a cookie of their own.
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 X_FRAME_OPTIONS = "DENY"
+
+# --- The management API (gateway_project/api/) -------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "gateway_project.api.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",  # the admin's login, with CSRF
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["gateway_project.api.permissions.OperatorModelPermissions"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "gateway_project.api.schema.GatewayAutoSchema",
+    "EXCEPTION_HANDLER": "gateway_project.api.errors.handle",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Gateway management API",
+    "DESCRIPTION": "Upstreams, routes, rate limits, consumers and keys, breakers, the whole configuration, the "
+    "audit trail. Authenticate with `Authorization: Bearer <token>` (a staff user's token: `manage.py api_token "
+    "create USER`) or the admin's session. Objects are named as in the configuration file (docs/configuration.md).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": "/_gateway/api/v1",
+    # Swagger UI from our own static files: the docs page works without reaching a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "BreakerModeEnum": "breakers.policy.MODES",
+        "RateLimitModeEnum": "limits.models.RateLimitPolicy.Mode",
+    },
+}
 
 LOGGING_CONFIG = "gateway_project.logging.configure"
 LOGGING = build_logging_config(fmt=_env["GATEWAY_LOG_FORMAT"], level=_env["GATEWAY_LOG_LEVEL"])

@@ -9,6 +9,7 @@ urlpatterns = [
     path("readyz", views.readyz, name="readyz"),
     path("metrics", views.metrics_view, name="metrics"),
     path(settings.GATEWAY_ADMIN_PATH.strip("/") + "/", admin.site.urls),
+    path("_gateway/api/v1/", include("gateway_project.api.urls")),
 ]
 
 if settings.GATEWAY_DEMO:

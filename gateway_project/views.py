@@ -22,7 +22,15 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 
 def readyz(request: HttpRequest) -> HttpResponse:
-    """Readiness: what serving needs, checked; 503 names what failed.
+    """Readiness: what serving needs, checked; 503 names what failed (see readiness())."""
+    checks = readiness()
+    ready = all(not value.startswith("error") for value in checks.values())
+    body = {"status": "ready" if ready else "unavailable", "checks": checks}
+    return HttpResponse(json.dumps(body), status=200 if ready else 503, content_type="application/json")
+
+
+def readiness() -> dict[str, str]:
+    """Each dependency's check: 'ok' (or the revision served), or 'error: ...' naming what failed.
 
     - database: it answers (within GATEWAY_DB_TIMEOUT), and says which configuration is current;
     - redis: what the hot path needs, through this worker's own pipes (a script runs on every node it writes
@@ -45,9 +53,7 @@ def readyz(request: HttpRequest) -> HttpResponse:
         checks["config"] = (
             runtime.describe(snapshot.revision, snapshot.token) if snapshot.loaded_at else "error: not loaded"
         )
-    ready = all(not value.startswith("error") for value in checks.values())
-    body = {"status": "ready" if ready else "unavailable", "checks": checks}
-    return HttpResponse(json.dumps(body), status=200 if ready else 503, content_type="application/json")
+    return checks
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

@@ -11,12 +11,14 @@ from django.views.decorators.http import require_POST
 from redis.exceptions import RedisError
 
 from gateway_project import store
+from gateway_project.admin import AuditedAdmin, actor_of
 from limits import services
 from limits.models import ApiKey, Consumer, RateLimitPolicy
 
 
 class ApiKeyInline(admin.TabularInline):
     model = ApiKey
+    audit_type = "api_key"
     extra = 0
     can_delete = False
     fields = ("prefix", "label", "created_at", "revoked_at")
@@ -26,9 +28,15 @@ class ApiKeyInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None) -> bool:
         return False  # keys are made by the "Create an API key" action, which shows the key once
 
+    @staticmethod
+    def audit_name(key: ApiKey) -> str:
+        return key.prefix
+
 
 @admin.register(Consumer)
-class ConsumerAdmin(admin.ModelAdmin):
+class ConsumerAdmin(AuditedAdmin):
+    save_service = services.save_consumer
+    delete_service = services.delete_consumer
     list_display = ("name", "enabled", "active_keys", "created_at")
     list_filter = ("enabled",)
     search_fields = ("name", "description", "api_keys__prefix", "api_keys__label")
@@ -46,7 +54,8 @@ class ConsumerAdmin(admin.ModelAdmin):
 
     @admin.action(description="Create an API key for each selected consumer")
     def create_api_key(self, request: HttpRequest, queryset):
-        created = [(consumer, services.create_api_key(consumer=consumer)[1]) for consumer in queryset]
+        actor = actor_of(request)
+        created = [(consumer, services.create_api_key(consumer=consumer, actor=actor)[1]) for consumer in queryset]
         return TemplateResponse(
             request,
             "admin/limits/new_keys.html",
@@ -60,7 +69,9 @@ class ConsumerAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(AuditedAdmin):
+    save_service = services.save_api_key
+    delete_service = services.delete_api_key
     list_display = ("prefix", "consumer", "label", "created_at", "revoked_at", "status")
     list_filter = (("revoked_at", admin.EmptyFieldListFilter), "consumer")
     list_select_related = ("consumer",)
@@ -78,15 +89,15 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke the selected keys (effective on every gateway within a second)")
     def revoke(self, request: HttpRequest, queryset):
-        count = 0
-        for key in queryset.filter(revoked_at__isnull=True):
-            services.revoke_api_key(key=key)
-            count += 1
+        actor = actor_of(request)
+        count = sum(services.revoke_api_key(key=key, actor=actor) for key in queryset.filter(revoked_at__isnull=True))
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
 
 
 @admin.register(RateLimitPolicy)
-class RateLimitPolicyAdmin(admin.ModelAdmin):
+class RateLimitPolicyAdmin(AuditedAdmin):
+    save_service = services.save_policy
+    delete_service = services.delete_policy
     list_display = ("name", "applies_to", "key_by", "rate", "algorithm", "mode", "on_redis_failure", "enabled")
     list_filter = ("enabled", "scope", "mode", "algorithm", "key_by", "on_redis_failure")
     list_select_related = ("route", "consumer")
@@ -174,15 +185,15 @@ class RateLimitPolicyAdmin(admin.ModelAdmin):
         policy = get_object_or_404(RateLimitPolicy, pk=pk)
         if not self.has_change_permission(request, policy):
             return HttpResponseRedirect(reverse("admin:index"))
-        key = request.POST.get("key", "")
+        client = request.POST.get("client", "")
         try:
-            cleared = services.clear_counter(policy=policy, key=key)
+            cleared = services.clear_counter(policy=policy, client=client, actor=actor_of(request))
         except ValueError as exc:
             self.message_user(request, str(exc), messages.ERROR)
         except RedisError as exc:
             self.message_user(request, f"Redis is unavailable ({type(exc).__name__}).", messages.ERROR)
         else:
             self.message_user(
-                request, f"Cleared {key}." if cleared else "That counter had already expired.", messages.SUCCESS
+                request, f"Cleared {client}." if cleared else "That counter had already expired.", messages.SUCCESS
             )
         return HttpResponseRedirect(reverse("admin:limits_ratelimitpolicy_usage", args=[pk]))

@@ -7,7 +7,7 @@ class LimitsConfig(AppConfig):
 
     def ready(self) -> None:
         from gateway_project import configfile, registry, runtime
-        from limits import compiled, limiter, metrics, services
+        from limits import api, compiled, limiter, metrics, services
         from limits import configfile as sections
         from limits.models import ApiKey, Consumer, RateLimitPolicy
 
@@ -18,3 +18,6 @@ class LimitsConfig(AppConfig):
         configfile.register(sections.RateLimitSection())
         registry.add(registry.demo_hooks, services.ensure_demo_policy)
         registry.add(limiter.listeners, metrics.on_outcome)
+        registry.add(registry.api_viewsets, ("consumers", api.ConsumerViewSet))
+        registry.add(registry.api_viewsets, ("api-keys", api.ApiKeyViewSet))
+        registry.add(registry.api_viewsets, ("rate-limit-policies", api.PolicyViewSet))

@@ -22,11 +22,19 @@ class ConsumerSection(Section):
     compared = ("enabled", "description")
 
     def export(self, obj) -> dict[str, Any]:
+        desired = getattr(obj, "_desired_keys", None)
+        if desired is not None:  # built from a document, not yet saved: the keys it would have
+            keys = [
+                ApiKey(key_hash=digest, prefix=p, label=label, revoked_at=at)
+                for digest, (p, label, at) in desired.items()
+            ]
+        else:
+            keys = obj.api_keys.order_by("created_at", "id") if obj.pk else []
         return {
             "name": obj.name,
             "enabled": obj.enabled,
             "description": obj.description,
-            "api_keys": [self._key_item(k) for k in obj.api_keys.order_by("created_at", "id")],
+            "api_keys": [self._key_item(k) for k in keys],
         }
 
     @staticmethod

@@ -1,4 +1,5 @@
-"""Operations on consumers, keys and counters; the admin, management commands and tests call these."""
+"""Operations on consumers, keys, policies and counters: the admin, the API, management commands and tests call
+these, and each change is recorded in the audit trail."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
+from gateway_project import audit, changes
+from gateway_project.audit import Actor
 from limits import storage
 from limits.compiled import compile_policy, hash_key
 from limits.models import ApiKey, Consumer, RateLimitPolicy
@@ -15,17 +18,62 @@ from limits.models import ApiKey, Consumer, RateLimitPolicy
 KEY_PREFIX = "gw_"
 
 
-def create_api_key(*, consumer: Consumer, label: str = "") -> tuple[ApiKey, str]:
+def save_consumer(*, consumer: Consumer, actor: Actor, if_match: str | None = None) -> dict[str, list]:
+    return changes.save(consumer, actor=actor, object_type="consumer", name=consumer.name, if_match=if_match)
+
+
+def delete_consumer(*, consumer: Consumer, actor: Actor, if_match: str | None = None) -> None:
+    """Deletes its keys and its policies with it."""
+    changes.delete(consumer, actor=actor, object_type="consumer", name=consumer.name, if_match=if_match)
+
+
+def save_policy(*, policy: RateLimitPolicy, actor: Actor, if_match: str | None = None) -> dict[str, list]:
+    return changes.save(policy, actor=actor, object_type="rate_limit", name=policy.name, if_match=if_match)
+
+
+def delete_policy(*, policy: RateLimitPolicy, actor: Actor, if_match: str | None = None) -> None:
+    changes.delete(policy, actor=actor, object_type="rate_limit", name=policy.name, if_match=if_match)
+
+
+def save_api_key(*, key: ApiKey, actor: Actor, if_match: str | None = None) -> dict[str, list]:
+    """Change what can change of a key: its label."""
+    return changes.save(key, actor=actor, object_type="api_key", name=key.prefix, if_match=if_match)
+
+
+def delete_api_key(*, key: ApiKey, actor: Actor, if_match: str | None = None) -> None:
+    """Forget a key altogether (revoking keeps it, and its history, in view)."""
+    changes.delete(key, actor=actor, object_type="api_key", name=key.prefix, if_match=if_match)
+
+
+@transaction.atomic
+def create_api_key(*, consumer: Consumer, actor: Actor, label: str = "") -> tuple[ApiKey, str]:
     """Make a new key for `consumer`; returns the stored record and the key itself, which is not kept."""
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey.objects.create(consumer=consumer, label=label, prefix=plaintext[:10], key_hash=hash_key(plaintext))
+    key = ApiKey(consumer=consumer, label=label, prefix=plaintext[:10], key_hash=hash_key(plaintext))
+    changes.save(key, actor=actor, object_type="api_key", name=key.prefix)
     return key, plaintext
 
 
-def revoke_api_key(*, key: ApiKey) -> None:
-    if key.revoked_at is None:
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
+@transaction.atomic
+def revoke_api_key(*, key: ApiKey, actor: Actor) -> bool:
+    """Revoke a key (live on every gateway within a second); False if it was revoked already."""
+    stored = ApiKey.objects.select_for_update().select_related("consumer").get(pk=key.pk)
+    if stored.revoked_at is None:
+        stored.revoked_at = timezone.now()
+        stored.save(update_fields=["revoked_at"])
+        audit.record(
+            actor=actor,
+            action="revoke",
+            object_type="api_key",
+            object_name=stored.prefix,
+            changes={"revoked_at": [None, stored.revoked_at.isoformat()]},
+            note=f"consumer {stored.consumer.name}",
+        )
+        revoked = True
+    else:
+        revoked = False
+    key.revoked_at = stored.revoked_at
+    return revoked
 
 
 @dataclass(frozen=True)
@@ -52,22 +100,29 @@ def policy_usage(*, policy: RateLimitPolicy, top: int = 20, client=None) -> list
     return [CounterUsage(key, compiled.bucket_of(key), used, capacity, ttl) for key, used, ttl in rows[:top]]
 
 
-def clear_counter(*, policy: RateLimitPolicy, key: str) -> bool:
-    """Forget one client's count for `policy` (the key must belong to the policy)."""
-    compiled = compile_policy(policy)
-    if key != compiled.counter_key(compiled.bucket_of(key)):
-        raise ValueError(f"{key!r} is not a counter of policy {policy.name!r}")
-    return storage.delete(key)
+def clear_counter(*, policy: RateLimitPolicy, client: str, actor: Actor) -> bool:
+    """Forget one client's count for `policy` (`client` as policy_usage names it, e.g. 'ip:<203.0.113.7>');
+    False when there was none (expired). Recorded in the audit trail either way."""
+    if not client or not client.isprintable() or len(client) > 300:
+        raise ValueError(f"{client!r} is not a client of policy {policy.name!r} (e.g. 'ip:<203.0.113.7>')")
+    cleared = storage.delete(compile_policy(policy).counter_key(client))
+    audit.record(
+        actor=actor,
+        action="clear_counter",
+        object_type="rate_limit",
+        object_name=policy.name,
+        note=f"{client}: {'cleared' if cleared else 'had already expired'}",
+    )
+    return cleared
 
 
 @transaction.atomic
-def ensure_demo_policy(route) -> list[str]:
+def ensure_demo_policy(route, actor: Actor) -> list[str]:
     """The demo route's limit: 100 requests per minute per client IP."""
     if RateLimitPolicy.objects.filter(name="demo-per-ip").exists():
         return []
     policy = RateLimitPolicy(
         name="demo-per-ip", scope="route", route=route, key_by="ip", limit=100, window_seconds=60, legacy_headers=True
     )
-    policy.full_clean()
-    policy.save()
+    save_policy(policy=policy, actor=actor)
     return ["Created rate limit 'demo-per-ip': 100 requests per minute per client IP on /demo/"]

@@ -6,11 +6,15 @@ from django.db.models import Count
 from django.utils.html import format_html
 
 from gateway_project import registry
+from gateway_project.admin import AuditedAdmin
+from proxy import services
 from proxy.models import Route, Upstream
 
 
 @admin.register(Upstream)
-class UpstreamAdmin(admin.ModelAdmin):
+class UpstreamAdmin(AuditedAdmin):
+    save_service = services.save_upstream
+    delete_service = services.delete_upstream
     list_display = (
         "name",
         "base_url",
@@ -50,7 +54,9 @@ class UpstreamAdmin(admin.ModelAdmin):
 
 
 @admin.register(Route)
-class RouteAdmin(admin.ModelAdmin):
+class RouteAdmin(AuditedAdmin):
+    save_service = services.save_route
+    delete_service = services.delete_route
     list_display = (
         "name",
         "path_prefix",

@@ -6,7 +6,8 @@ class ProxyConfig(AppConfig):
     verbose_name = "Routes and upstreams"
 
     def ready(self) -> None:
-        from gateway_project import configfile, runtime
+        from gateway_project import configfile, registry, runtime
+        from proxy import api
         from proxy import configfile as sections
         from proxy.models import Route, Upstream
         from proxy.routing import RouteTable, load_route_table
@@ -14,3 +15,5 @@ class ProxyConfig(AppConfig):
         runtime.register("routes", load_route_table, empty=RouteTable(), models=(Upstream, Route))
         configfile.register(sections.UpstreamSection())
         configfile.register(sections.RouteSection())
+        registry.add(registry.api_viewsets, ("upstreams", api.UpstreamViewSet))
+        registry.add(registry.api_viewsets, ("routes", api.RouteViewSet))

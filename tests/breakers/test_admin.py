@@ -14,6 +14,8 @@ from breakers import services
 from breakers.models import BreakerTransition
 from breakers.policy import CLOSED, DISABLED, FORCED_OPEN, NORMAL, OPEN, SHADOW
 from gateway_project import runtime, store
+from gateway_project.audit import Actor
+from gateway_project.models import AuditEntry
 from tests.support.config import breaker_modes, breaker_op, make_upstream, set_breaker_mode
 from tests.support.servers import free_port
 
@@ -117,12 +119,20 @@ def test_reset_closes_the_breaker_and_redirects(admin_client, upstreams):
     assert state_of("alpha") == CLOSED
     page = admin_client.get(response.url)
     assert messages_of(page) == ["reset: alpha"]
-    reset = BreakerTransition.objects.get(reason="reset by admin:admin")
+    reset = BreakerTransition.objects.get(reason="reset by user:admin")
     assert (reset.upstream_name, reset.from_state, reset.to_state, reset.actor) == (
         "alpha",
         OPEN,
         CLOSED,
-        "admin:admin",
+        "user:admin",
+    )
+    audited = AuditEntry.objects.get(action="reset")
+    assert (audited.actor, audited.via, audited.address, audited.object_name, audited.changes) == (
+        "user:admin",
+        "admin",
+        "127.0.0.1",
+        "alpha",
+        {"state": ["open", "closed"]},
     )
 
 
@@ -147,7 +157,7 @@ def test_mode_actions_change_the_mode_and_redirect(admin_client, upstreams, star
         "beta",
         start,
         action,
-        "admin:admin",
+        "user:admin",
     )
 
 
@@ -204,7 +214,7 @@ def test_change_permission_allows_actions(client, django_user_model, upstreams):
     operator = staff_client(client, django_user_model, "view_breaker", "change_breaker")
     assert operator.post(reverse(ACT), {"upstream": "alpha", "action": "reset"}).status_code == 302
     assert state_of("alpha") == CLOSED
-    assert BreakerTransition.objects.filter(actor="admin:operator").exists()
+    assert BreakerTransition.objects.filter(actor="user:operator").exists()
 
 
 def test_without_view_permission_the_page_is_refused(client, django_user_model, upstreams):
@@ -226,13 +236,13 @@ def test_non_staff_users_are_sent_to_the_login(client, django_user_model, upstre
 
 
 def test_the_history_renders_and_is_read_only(admin_client, upstreams):
-    services.reset_breakers(names=["alpha"], actor="admin:someone")
-    services.set_mode(names=["beta"], mode=SHADOW, actor="admin:someone")
+    services.reset_breakers(names=["alpha"], actor=Actor("user:someone", "admin"))
+    services.set_mode(names=["beta"], mode=SHADOW, actor=Actor("user:someone", "admin"))
     changelist = reverse("admin:breakers_breakertransition_changelist")
     response = admin_client.get(changelist)
     assert response.status_code == 200
     page = response.content.decode()
-    for reason in ("1 consecutive failures (last: status 503)", "reset by admin:someone", "mode set to shadow"):
+    for reason in ("1 consecutive failures (last: status 503)", "reset by user:someone", "mode set to shadow"):
         assert reason in page
     assert reverse("admin:breakers_breakertransition_add") not in page
     assert admin_client.get(reverse("admin:breakers_breakertransition_add")).status_code == 403

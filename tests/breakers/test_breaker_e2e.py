@@ -18,7 +18,7 @@ from breakers.models import BreakerTransition
 from limits.models import RateLimitPolicy
 from proxy.models import Upstream
 from tests.support.burst import burst
-from tests.support.config import make_route, make_upstream, serve
+from tests.support.config import TEST_ACTOR, make_route, make_upstream, serve
 from tests.support.servers import wait_until
 
 
@@ -127,12 +127,12 @@ def test_a_failed_probe_reopens_and_a_late_result_from_an_earlier_cycle_changes_
     assert len(upstream.received) == 2
 
     # A slow request is in flight when an operator resets the breaker; its failure arrives afterwards.
-    services.reset_breakers(names=["backend"], actor="test")
+    services.reset_breakers(names=["backend"], actor=TEST_ACTOR)
     upstream.behave(status=503, delay=1.0)
     late = threading.Thread(target=get, args=(gw,))
     late.start()
     time.sleep(0.3)
-    services.reset_breakers(names=["backend"], actor="test")
+    services.reset_breakers(names=["backend"], actor=TEST_ACTOR)
     late.join()
     assert state() == "closed"
     wait_until(lambda: BreakerTransition.objects.filter(upstream_name="backend").count() >= 5, 3, "the history")
@@ -253,8 +253,8 @@ def test_commands_and_admin_actions_change_the_live_state(gw, upstream, admin_cl
     assert {get(gw).status_code for _ in range(8)} == {200}
     modes = BreakerTransition.objects.filter(kind="mode").order_by("at", "id")
     assert [(m.from_state, m.to_state, m.actor) for m in modes] == [
-        ("normal", "forced_open", "admin:admin"),
-        ("forced_open", "normal", "admin:admin"),
+        ("normal", "forced_open", "user:admin"),
+        ("forced_open", "normal", "user:admin"),
     ]
 
 
@@ -267,9 +267,9 @@ def test_disabled_passes_but_counts_and_shadow_records_but_never_rejects(gw, ups
     assert status.state == "closed"
     assert status.consecutive_failures == 6
 
-    services.set_mode(names=["backend"], mode="shadow", actor="test")
+    services.set_mode(names=["backend"], mode="shadow", actor=TEST_ACTOR)
     serve(gw)
-    services.reset_breakers(names=["backend"], actor="test")
+    services.reset_breakers(names=["backend"], actor=TEST_ACTOR)
     assert {get(gw).status_code for _ in range(6)} == {503}
     assert len(upstream.received) == 12
     assert state() == "open"

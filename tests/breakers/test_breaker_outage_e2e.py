@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from tests.support.config import make_route, make_upstream, serve
+from tests.support.config import TEST_ACTOR, make_route, make_upstream, serve
 from tests.support.gateways import talking_to
 
 pytestmark = pytest.mark.slow
@@ -138,6 +138,6 @@ def cycle_once(configured, upstream) -> None:
 
     assert [failing(configured) for _ in range(3)] == [None, None, None]
     assert services.live_states(names=["failing"])[0].state == "open"
-    services.reset_breakers(names=["failing"], actor="test")
+    services.reset_breakers(names=["failing"], actor=TEST_ACTOR)
     time.sleep(0.3)
     assert services.live_states(names=["failing"])[0].state == "closed"

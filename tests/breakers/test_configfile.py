@@ -9,7 +9,7 @@ import pytest
 from breakers.models import BreakerConfig
 from gateway_project import configfile
 from proxy.models import Upstream
-from tests.support.config import make_upstream, problems_of
+from tests.support.config import TEST_ACTOR, make_upstream, problems_of
 
 # Saves publish the configuration revision to Redis after commit: a real one, under a private prefix.
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix")]
@@ -56,7 +56,7 @@ def breaker_fields(name: str = "backend") -> dict:
 
 def apply(doc) -> list[str]:
     plan = configfile.plan(doc)
-    configfile.apply(plan)
+    configfile.apply(plan, actor=TEST_ACTOR)
     return [str(change) for change in plan.changes]
 
 

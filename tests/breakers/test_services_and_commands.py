@@ -18,8 +18,10 @@ from django.db import transaction
 from breakers import services
 from breakers.models import BreakerTransition
 from breakers.policy import CLOSED, FORCED_OPEN, HALF_OPEN, NORMAL, OPEN, SHADOW
+from gateway_project.audit import Actor
+from gateway_project.models import AuditEntry
 from proxy.models import Upstream
-from tests.support.config import breaker_modes, breaker_op, make_upstream
+from tests.support.config import TEST_ACTOR, breaker_modes, breaker_op, make_upstream
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_prefix")]
 
@@ -102,10 +104,10 @@ def test_an_upstream_without_state_is_closed():
 
 
 def test_reset_all(upstreams):
-    assert services.reset_breakers(names=None, actor="test:ops") == ["alpha", "beta", "gamma"]
+    assert services.reset_breakers(names=None, actor=Actor("test:ops", "cli")) == ["alpha", "beta", "gamma"]
     statuses = services.live_states()
     assert {(s.state, s.consecutive_failures, s.window_calls) for s in statuses} == {(CLOSED, 0, 0)}
-    resets = BreakerTransition.objects.filter(actor="test:ops").order_by("upstream_name")
+    resets = BreakerTransition.objects.filter(actor=Actor("test:ops", "cli")).order_by("upstream_name")
     assert [(r.upstream_name, r.from_state, r.to_state, r.reason) for r in resets] == [
         ("alpha", OPEN, CLOSED, "reset by test:ops"),
         ("beta", CLOSED, CLOSED, "reset by test:ops"),
@@ -114,14 +116,14 @@ def test_reset_all(upstreams):
 
 
 def test_reset_named(upstreams):
-    assert services.reset_breakers(names=["alpha"], actor="test") == ["alpha"]
+    assert services.reset_breakers(names=["alpha"], actor=TEST_ACTOR) == ["alpha"]
     assert states() == {"alpha": CLOSED, "beta": CLOSED, "gamma": HALF_OPEN}
     assert services.live_states(names=["beta"])[0].consecutive_failures == 2
 
 
 def test_reset_of_an_unknown_upstream_resets_nothing(upstreams):
     with pytest.raises(services.UnknownUpstream, match="no upstream named 'nope'"):
-        services.reset_breakers(names=["alpha", "nope"], actor="test")
+        services.reset_breakers(names=["alpha", "nope"], actor=TEST_ACTOR)
     assert states()["alpha"] == OPEN
 
 
@@ -129,7 +131,10 @@ def test_reset_of_an_unknown_upstream_resets_nothing(upstreams):
 
 
 def test_set_mode_records_who_changed_it(upstreams):
-    assert services.set_mode(names=["alpha", "beta"], mode=FORCED_OPEN, actor="admin:root") == ["alpha", "beta"]
+    assert services.set_mode(names=["alpha", "beta"], mode=FORCED_OPEN, actor=Actor("admin:root", "admin")) == [
+        "alpha",
+        "beta",
+    ]
     assert breaker_modes() == {
         "alpha": FORCED_OPEN,
         "beta": FORCED_OPEN,
@@ -146,22 +151,22 @@ def test_set_mode_records_who_changed_it(upstreams):
 
 def test_set_mode_to_the_same_mode_changes_nothing(upstreams):
     before = Upstream.objects.get(name="gamma").updated_at
-    assert services.set_mode(names=["gamma"], mode=SHADOW, actor="x") == []
+    assert services.set_mode(names=["gamma"], mode=SHADOW, actor=TEST_ACTOR) == []
     assert not BreakerTransition.objects.filter(kind="mode").exists()
     assert Upstream.objects.get(name="gamma").updated_at == before
 
 
 def test_set_mode_refuses_unknown_modes_and_upstreams(upstreams):
     with pytest.raises(ValueError, match="unknown breaker mode 'sideways'"):
-        services.set_mode(names=["alpha"], mode="sideways", actor="x")
+        services.set_mode(names=["alpha"], mode="sideways", actor=TEST_ACTOR)
     with pytest.raises(services.UnknownUpstream):
-        services.set_mode(names=["alpha", "nope"], mode=FORCED_OPEN, actor="x")
+        services.set_mode(names=["alpha", "nope"], mode=FORCED_OPEN, actor=TEST_ACTOR)
     assert set(breaker_modes().values()) == {NORMAL, SHADOW}
     assert not BreakerTransition.objects.filter(kind="mode").exists()
 
 
 def test_set_mode_for_no_upstream_changes_nothing(upstreams):
-    assert services.set_mode(names=[], mode=FORCED_OPEN, actor="x") == []
+    assert services.set_mode(names=[], mode=FORCED_OPEN, actor=TEST_ACTOR) == []
     assert FORCED_OPEN not in set(breaker_modes().values())
 
 
@@ -239,3 +244,64 @@ def test_reading_live_states_inside_a_transaction_keeps_it(upstreams):
         make_upstream("delta")
         assert [s.state for s in services.live_states(names=["alpha"])] == [OPEN]
         assert Upstream.objects.filter(name="delta").exists()
+
+
+def test_reset_breakers_says_when_the_mode_still_holds_a_breaker_open(upstreams):
+    services.set_mode(names=["alpha"], mode=FORCED_OPEN, actor=Actor("user:ops", "admin"))
+    assert command("reset_breakers", "alpha", "beta").splitlines() == [
+        "reset alpha, but its mode forced_open still holds it open "
+        "(`manage.py breaker_mode normal alpha` lets requests through)",
+        "reset beta",
+    ]
+    audited = AuditEntry.objects.filter(action="reset").order_by("object_name")
+    assert [(e.actor, e.via, e.object_name, e.changes, e.note) for e in audited] == [
+        (f"cli:{getpass.getuser()}", "cli", "alpha", {"state": [OPEN, CLOSED]}, "mode forced_open still holds it open"),
+        (f"cli:{getpass.getuser()}", "cli", "beta", {}, ""),
+    ]
+
+
+def test_breaker_mode_command_sets_every_mode_and_records_who(upstreams):
+    for mode in (FORCED_OPEN, "disabled", SHADOW, NORMAL):
+        assert command("breaker_mode", mode, "alpha").splitlines() == [f"alpha: {mode}"]
+        assert breaker_modes()["alpha"] == mode
+    assert command("breaker_mode", NORMAL, "alpha").splitlines() == ["alpha: already normal"]
+    assert command("breaker_mode", SHADOW, "--all").splitlines() == [
+        "alpha: shadow",
+        "beta: shadow",
+        "gamma: already shadow",
+    ]
+    rows = BreakerTransition.objects.filter(kind="mode", upstream_name="alpha").order_by("id")
+    assert [(r.from_state, r.to_state) for r in rows] == [
+        (NORMAL, FORCED_OPEN),
+        (FORCED_OPEN, "disabled"),
+        ("disabled", SHADOW),
+        (SHADOW, NORMAL),
+        (NORMAL, SHADOW),
+    ]
+    assert {r.actor for r in rows} == {f"cli:{getpass.getuser()}"}
+    changes = [
+        e.changes["mode"] for e in AuditEntry.objects.filter(object_type="breaker", object_name="alpha").order_by("id")
+    ]
+    assert changes == [
+        [NORMAL, FORCED_OPEN],
+        [FORCED_OPEN, "disabled"],
+        ["disabled", SHADOW],
+        [SHADOW, NORMAL],
+        [NORMAL, SHADOW],
+    ]
+    with pytest.raises(CommandError, match="invalid choice"):
+        command("breaker_mode", "sideways", "alpha")
+    with pytest.raises(CommandError, match="no upstream named 'nope'"):
+        command("breaker_mode", NORMAL, "nope")
+
+
+def test_live_state_commands_refuse_the_embedded_store_and_touch_nothing(upstreams, settings):
+    """A command's own embedded store is empty: answering from it would be pretending."""
+    settings.GATEWAY_EMBEDDED_STORE = True
+    for args in (("breakers",), ("reset_breakers", "alpha"), ("reset_breakers", "--all")):
+        with pytest.raises(CommandError, match=r"inside the running gateway's process: it uses the embedded store"):
+            command(*args)
+    settings.GATEWAY_EMBEDDED_STORE = False
+    assert states()["alpha"] == OPEN
+    assert not BreakerTransition.objects.filter(reason__startswith="reset by").exists()
+    assert not AuditEntry.objects.exists()

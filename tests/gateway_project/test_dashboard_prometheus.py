@@ -156,9 +156,9 @@ def test_the_compose_scrape_config_and_provisioning_parse():
     docker = Path(REPO / "docker")
     scrape = yaml.safe_load((docker / "prometheus" / "prometheus.yml").read_text())
     assert scrape["scrape_configs"][0]["metrics_path"] == "/metrics"
-    compose = yaml.safe_load((docker / "docker-compose.yml").read_text())
-    token = compose["services"]["gateway"]["environment"]["GATEWAY_METRICS_TOKEN"]
-    assert scrape["scrape_configs"][0]["authorization"]["credentials"] == token
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    token = compose["services"]["gateway"]["environment"]["GATEWAY_METRICS_TOKEN"]  # ${VAR:-default}
+    assert token == "${GATEWAY_METRICS_TOKEN:-" + scrape["scrape_configs"][0]["authorization"]["credentials"] + "}"
     datasource = yaml.safe_load((docker / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())
     assert datasource["datasources"][0]["type"] == "prometheus"
     provider = yaml.safe_load((docker / "grafana" / "provisioning" / "dashboards" / "gateway.yaml").read_text())

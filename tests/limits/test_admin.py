@@ -12,10 +12,11 @@ from django.urls import reverse
 from django.utils.html import escape
 
 from gateway_project import runtime, store
+from gateway_project.models import AuditEntry
 from limits import limiter, services
 from limits.compiled import compile_policy, hash_key
 from limits.models import ApiKey
-from tests.support.config import hit, make_consumer, make_policy
+from tests.support.config import TEST_ACTOR, hit, make_consumer, make_policy
 from tests.support.servers import free_port
 
 # Saves publish the configuration revision to Redis after commit: a real one, under a private prefix.
@@ -86,8 +87,8 @@ def test_create_api_key_action_for_several_consumers(admin_client):
 
 def test_revoke_action(admin_client):
     acme = make_consumer("acme")
-    first, _ = services.create_api_key(consumer=acme)
-    second, _ = services.create_api_key(consumer=acme)
+    first, _ = services.create_api_key(consumer=acme, actor=TEST_ACTOR)
+    second, _ = services.create_api_key(consumer=acme, actor=TEST_ACTOR)
     changelist = reverse("admin:limits_apikey_changelist")
     response = admin_client.post(changelist, {"action": "revoke", "_selected_action": [first.pk]}, follow=True)
     assert response.status_code == 200
@@ -138,7 +139,7 @@ def test_usage_page_lists_counters_busiest_first(admin_client):
     page = response.content.decode()
     assert page.index(escape("ip:<192.0.2.2>")) < page.index(escape("ip:<192.0.2.1>"))
     assert "4 / 5" in page and "1 / 5" in page
-    assert f'value="{escape(busy)}"' in page
+    assert f'value="{escape(compile_policy(policy).bucket_of(busy))}"' in page
     assert reverse("admin:limits_ratelimitpolicy_clear", args=[policy.pk]) in page
 
 
@@ -146,13 +147,20 @@ def test_clear_deletes_the_counter(admin_client, redis_client):
     policy = make_policy()
     cleared, kept = hit(policy, "192.0.2.1", 5), hit(policy, "192.0.2.2", 2)
     url = reverse("admin:limits_ratelimitpolicy_clear", args=[policy.pk])
-    response = admin_client.post(url, {"key": cleared})
+    response = admin_client.post(url, {"client": "ip:<192.0.2.1>"})
     assert response.status_code == 302
     assert response.url == reverse("admin:limits_ratelimitpolicy_usage", args=[policy.pk])
     assert not redis_client.exists(cleared)
     assert redis_client.exists(kept)
-    assert messages_of(admin_client.get(response.url)) == [f"Cleared {cleared}."]
-    response = admin_client.post(url, {"key": cleared}, follow=True)
+    assert messages_of(admin_client.get(response.url)) == ["Cleared ip:<192.0.2.1>."]
+    (entry,) = AuditEntry.objects.filter(action="clear_counter")
+    assert (entry.actor, entry.via, entry.object_name, entry.note) == (
+        "user:admin",
+        "admin",
+        policy.name,
+        "ip:<192.0.2.1>: cleared",
+    )
+    response = admin_client.post(url, {"client": "ip:<192.0.2.1>"}, follow=True)
     assert messages_of(response) == ["That counter had already expired."]
     # The client counts from zero again.
     outcome = limiter.check((compile_policy(policy),), client_ip="192.0.2.1", consumer=None, route_id=1, environ={})
@@ -162,22 +170,22 @@ def test_clear_deletes_the_counter(admin_client, redis_client):
 def test_clear_needs_a_post(admin_client, redis_client):
     policy = make_policy()
     key = hit(policy, "192.0.2.1")
-    response = admin_client.get(reverse("admin:limits_ratelimitpolicy_clear", args=[policy.pk]), {"key": key})
+    response = admin_client.get(
+        reverse("admin:limits_ratelimitpolicy_clear", args=[policy.pk]), {"client": "ip:<192.0.2.1>"}
+    )
     assert response.status_code == 405
     assert redis_client.exists(key)
 
 
-def test_clear_refuses_a_key_of_another_policy(admin_client, redis_client):
+def test_clear_touches_only_the_policys_own_counter(admin_client, redis_client):
     policy, other = make_policy("one"), make_policy("other")
     other_key = hit(other, "192.0.2.1", 3)
-    own_key = hit(policy, "192.0.2.1", 1)
-    response = admin_client.post(
-        reverse("admin:limits_ratelimitpolicy_clear", args=[policy.pk]), {"key": other_key}, follow=True
-    )
-    assert response.status_code == 200
-    (message,) = messages_of(response)
-    assert message == f"{other_key!r} is not a counter of policy 'one'"
-    assert "is not a counter of policy" in response.content.decode()
+    own_key = hit(policy, "192.0.2.2", 1)
+    url = reverse("admin:limits_ratelimitpolicy_clear", args=[policy.pk])
+    response = admin_client.post(url, {"client": "ip:<192.0.2.1>"}, follow=True)
+    assert messages_of(response) == ["That counter had already expired."]
+    response = admin_client.post(url, {"client": ""}, follow=True)
+    assert messages_of(response) == ["'' is not a client of policy 'one' (e.g. 'ip:<203.0.113.7>')"]
     assert redis_client.exists(other_key)
     assert redis_client.exists(own_key)
 
@@ -194,7 +202,7 @@ def test_pages_say_so_when_redis_is_unavailable(admin_client, settings):
         assert "Redis is unavailable (ConnectionError)." in usage.content.decode()
         clear = admin_client.post(
             reverse("admin:limits_ratelimitpolicy_clear", args=[policy.pk]),
-            {"key": compile_policy(policy).counter_key("ip:<192.0.2.1>")},
+            {"client": "ip:<192.0.2.1>"},
             follow=True,
         )
         assert messages_of(clear) == ["Redis is unavailable (ConnectionError)."]

@@ -14,6 +14,7 @@ from limits.compiled import hash_key
 from limits.models import MAX_LOG_LIMIT, ApiKey, Consumer, RateLimitPolicy
 from proxy.models import Route
 from tests.support.config import (
+    TEST_ACTOR,
     assert_round_trip_is_a_no_op,
     import_and_apply,
     make_route,
@@ -49,9 +50,9 @@ def seeded():
     make_route("other", "/other", backend)
     acme = make_consumer("acme", description="Acme Corp")
     make_consumer("globex", enabled=False)
-    active, plaintext = services.create_api_key(consumer=acme, label="ci")
-    revoked, _ = services.create_api_key(consumer=acme, label="old laptop")
-    services.revoke_api_key(key=revoked)
+    active, plaintext = services.create_api_key(consumer=acme, label="ci", actor=TEST_ACTOR)
+    revoked, _ = services.create_api_key(consumer=acme, label="old laptop", actor=TEST_ACTOR)
+    services.revoke_api_key(key=revoked, actor=TEST_ACTOR)
     make_policy("global-ip")
     make_policy(
         "api-tenant",
@@ -356,7 +357,7 @@ def test_revoked_at_without_an_offset_is_refused_or_stable(seeded):
         return  # refusing it is fine
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        configfile.apply(plan)
+        configfile.apply(plan, actor=TEST_ACTOR)
     assert configfile.plan(document).changes == []
 
 

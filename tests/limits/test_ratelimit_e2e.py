@@ -10,9 +10,8 @@ import requests
 
 from gateway_project import store
 from limits import services
-from limits.compiled import compile_policy
 from limits.models import Consumer, RateLimitPolicy
-from tests.support.config import make_route, make_upstream, serve
+from tests.support.config import TEST_ACTOR, make_route, make_upstream, serve
 from tests.support.gateways import start_gateway, talking_to
 
 
@@ -112,7 +111,7 @@ def test_a_rejected_request_consumes_no_quota_of_any_policy(gw4, upstream):
     assert counters(narrow) == {"ip:<127.0.0.1>": 3}
     assert counters(wide) == {"ip:<127.0.0.1>": 3}
     # The most restrictive policy's fields are sent.
-    services.clear_counter(policy=narrow, key=compile_policy(narrow).counter_key("ip:<127.0.0.1>"))
+    services.clear_counter(policy=narrow, client="ip:<127.0.0.1>", actor=TEST_ACTOR)
     response = requests.get(gw4.url("/api/x"), timeout=10)
     assert response.headers["RateLimit"] == '"narrow";r=2;t=60'
     assert counters(wide) == {"ip:<127.0.0.1>": 4}
@@ -164,7 +163,7 @@ def test_ipv6_clients_share_a_bucket_per_64_and_mapped_ipv4_is_normalized(proxie
 def test_counting_by_consumer_and_by_header(gw4, upstream):
     route = make_route("api", "/api", make_upstream("backend", upstream.url))
     acme = Consumer.objects.create(name="acme")
-    _, key = services.create_api_key(consumer=acme)
+    _, key = services.create_api_key(consumer=acme, actor=TEST_ACTOR)
     per_consumer = policy(name="per-consumer", scope="route", route=route, key_by="consumer", limit=2)
     per_tenant = policy(name="per-tenant", scope="global", key_by="header", header_name="X-Tenant", limit=50)
     serve(gw4)
@@ -179,8 +178,8 @@ def test_counting_by_consumer_and_by_header(gw4, upstream):
 def test_a_consumer_scoped_policy_applies_to_that_consumer_only(gw4, upstream):
     route = make_route("api", "/api", make_upstream("backend", upstream.url))
     acme, other = Consumer.objects.create(name="acme"), Consumer.objects.create(name="other")
-    _, acme_key = services.create_api_key(consumer=acme)
-    _, other_key = services.create_api_key(consumer=other)
+    _, acme_key = services.create_api_key(consumer=acme, actor=TEST_ACTOR)
+    _, other_key = services.create_api_key(consumer=other, actor=TEST_ACTOR)
     policy(name="acme-only", scope="consumer", consumer=acme, key_by="consumer", limit=1)
     serve(gw4)
     assert hit(gw4, "/api/x", 2, headers={"X-API-Key": acme_key}) == [200, 429]
@@ -193,7 +192,7 @@ def test_routes_that_require_a_key(gw4, upstream):
     make_route("private", "/private", backend, require_api_key=True)
     make_route("passthrough", "/pass", backend, require_api_key=True, forward_api_key=True)
     acme = Consumer.objects.create(name="acme")
-    stored, key = services.create_api_key(consumer=acme)
+    stored, key = services.create_api_key(consumer=acme, actor=TEST_ACTOR)
     serve(gw4)
 
     missing = requests.get(gw4.url("/private/x"), timeout=10)
@@ -213,7 +212,7 @@ def test_routes_that_require_a_key(gw4, upstream):
     requests.get(gw4.url("/pass/x"), headers={"X-API-Key": key}, timeout=10)
     assert upstream.received[-1].header("X-API-Key") == key
 
-    services.revoke_api_key(key=stored)
+    services.revoke_api_key(key=stored, actor=TEST_ACTOR)
     revoked_at = time.monotonic()
     time.sleep(max(0.0, revoked_at + 1.0 - time.monotonic()))
     assert set(hit(gw4, "/private/x", 12, headers={"X-API-Key": key, "Connection": "close"})) == {401}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from gateway_project.models import AuditEntry
 from limits import compiled, services
 from limits.compiled import ConsumerInfo, compile_policy, hash_key
 from limits.models import ApiKey, RateLimitPolicy
-from tests.support.config import hit, make_consumer, make_policy, make_route, make_upstream
+from tests.support.config import TEST_ACTOR, hit, make_consumer, make_policy, make_route, make_upstream
 
 # Saves publish the configuration revision to Redis after commit: a real one, under a private prefix.
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix")]
@@ -22,7 +23,7 @@ def counter_key(policy: RateLimitPolicy, client_ip: str) -> str:
 
 def test_create_api_key_returns_the_key_and_stores_only_its_hash():
     consumer = make_consumer()
-    key, plaintext = services.create_api_key(consumer=consumer, label="ci")
+    key, plaintext = services.create_api_key(consumer=consumer, label="ci", actor=TEST_ACTOR)
     assert plaintext.startswith("gw_")
     assert len(plaintext) > 40
     stored = ApiKey.objects.get(pk=key.pk)
@@ -31,17 +32,17 @@ def test_create_api_key_returns_the_key_and_stores_only_its_hash():
     assert (stored.consumer, stored.label, stored.revoked_at) == (consumer, "ci", None)
     for row in ApiKey.objects.values():
         assert plaintext not in " ".join(str(value) for value in row.values())
-    _, another = services.create_api_key(consumer=consumer)
+    _, another = services.create_api_key(consumer=consumer, actor=TEST_ACTOR)
     assert another != plaintext
 
 
 def test_revoke_sets_revoked_at_once():
-    key, _ = services.create_api_key(consumer=make_consumer())
-    services.revoke_api_key(key=key)
+    key, _ = services.create_api_key(consumer=make_consumer(), actor=TEST_ACTOR)
+    services.revoke_api_key(key=key, actor=TEST_ACTOR)
     revoked_at = ApiKey.objects.get(pk=key.pk).revoked_at
     assert revoked_at is not None
     assert not ApiKey.objects.get(pk=key.pk).active
-    services.revoke_api_key(key=ApiKey.objects.get(pk=key.pk))
+    services.revoke_api_key(key=ApiKey.objects.get(pk=key.pk), actor=TEST_ACTOR)
     assert ApiKey.objects.get(pk=key.pk).revoked_at == revoked_at
 
 
@@ -50,10 +51,10 @@ def test_revoke_sets_revoked_at_once():
 
 def test_load_excludes_revoked_keys_and_disabled_consumers():
     acme, globex = make_consumer("acme"), make_consumer("globex", enabled=False)
-    _, active = services.create_api_key(consumer=acme)
-    revoked, revoked_plaintext = services.create_api_key(consumer=acme)
-    services.revoke_api_key(key=revoked)
-    _, disabled = services.create_api_key(consumer=globex)
+    _, active = services.create_api_key(consumer=acme, actor=TEST_ACTOR)
+    revoked, revoked_plaintext = services.create_api_key(consumer=acme, actor=TEST_ACTOR)
+    services.revoke_api_key(key=revoked, actor=TEST_ACTOR)
+    _, disabled = services.create_api_key(consumer=globex, actor=TEST_ACTOR)
 
     config = compiled.load()
     assert config.consumer_for_key(active) == ConsumerInfo(acme.id, "acme")
@@ -123,21 +124,27 @@ def test_clear_counter_deletes_one_key(redis_client):
     policy = make_policy()
     hit(policy, "192.0.2.1", 2)
     hit(policy, "192.0.2.2", 2)
-    assert services.clear_counter(policy=policy, key=counter_key(policy, "192.0.2.1")) is True
+    assert services.clear_counter(policy=policy, client="ip:<192.0.2.1>", actor=TEST_ACTOR) is True
     assert not redis_client.exists(counter_key(policy, "192.0.2.1"))
     assert redis_client.exists(counter_key(policy, "192.0.2.2"))
     assert [r.client for r in services.policy_usage(policy=policy)] == ["ip:<192.0.2.2>"]
-    assert services.clear_counter(policy=policy, key=counter_key(policy, "192.0.2.1")) is False
+    assert services.clear_counter(policy=policy, client="ip:<192.0.2.1>", actor=TEST_ACTOR) is False
+    cleared = AuditEntry.objects.filter(action="clear_counter").order_by("id")
+    assert [(e.actor, e.object_type, e.object_name, e.note) for e in cleared] == [
+        ("test", "rate_limit", policy.name, "ip:<192.0.2.1>: cleared"),
+        ("test", "rate_limit", policy.name, "ip:<192.0.2.1>: had already expired"),
+    ]
 
 
-def test_clear_counter_refuses_a_key_of_another_policy(redis_client):
+def test_clear_counter_touches_only_its_own_policys_keys(redis_client):
     one = make_policy("one", id=1)
     eleven = make_policy("eleven", id=11)  # its prefix starts with policy 1's but for the separator
     hit(eleven, "192.0.2.1")
     other_key = counter_key(eleven, "192.0.2.1")
-    for key in (other_key, "anything", "", counter_key(one, "192.0.2.1").removesuffix(":L") + ":G"):
-        with pytest.raises(ValueError, match="is not a counter of policy 'one'"):
-            services.clear_counter(policy=one, key=key)
+    assert services.clear_counter(policy=one, client="ip:<192.0.2.1>", actor=TEST_ACTOR) is False
+    for client in ("", "ip:<1>\r\nFLUSHALL"):
+        with pytest.raises(ValueError, match="is not a client of policy 'one'"):
+            services.clear_counter(policy=one, client=client, actor=TEST_ACTOR)
     assert redis_client.exists(other_key)
 
 
@@ -146,7 +153,7 @@ def test_clear_counter_refuses_a_key_of_another_policy(redis_client):
 
 def test_ensure_demo_policy_is_idempotent():
     route = make_route("demo", "/demo", make_upstream("demo"))
-    assert services.ensure_demo_policy(route) == [
+    assert services.ensure_demo_policy(route, TEST_ACTOR) == [
         "Created rate limit 'demo-per-ip': 100 requests per minute per client IP on /demo/"
     ]
     policy = RateLimitPolicy.objects.get(name="demo-per-ip")
@@ -158,5 +165,5 @@ def test_ensure_demo_policy_is_idempotent():
         60,
     )
     assert policy.legacy_headers is True
-    assert services.ensure_demo_policy(route) == []
+    assert services.ensure_demo_policy(route, TEST_ACTOR) == []
     assert RateLimitPolicy.objects.count() == 1

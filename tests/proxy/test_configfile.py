@@ -15,6 +15,7 @@ from gateway_project.configfile import Change, ConfigError
 from gateway_project.models import ConfigRevision
 from proxy.models import Route, Upstream
 from tests.support.config import (
+    TEST_ACTOR,
     assert_round_trip_is_a_no_op,
     import_and_apply,
     make_route,
@@ -188,7 +189,7 @@ def test_apply_publishes_the_new_revision_to_redis(seeded, redis_client, django_
     plan = configfile.plan(document)
     revision_before = runtime.db_state()[0]
     with django_capture_on_commit_callbacks(execute=True):
-        configfile.apply(plan)
+        configfile.apply(plan, actor=TEST_ACTOR)
     revision, token = runtime.db_state()
     assert revision == revision_before + 1
     assert redis_client.get(runtime.revision_key()) == token.encode()
@@ -551,7 +552,8 @@ def test_import_command_dry_run_prints_and_writes_nothing(seeded, tmp_path):
     before = db_state()
     output = run("gateway_import", path, dry_run=True, prune=True)
     assert output.splitlines() == [
-        "  update upstream 'orders': read_timeout",
+        "  update upstream 'orders'",
+        "      read_timeout: 12.0 → 99.0",
         "  create route 'new'",
         "  delete route 'orders-api'",
         "Dry run: 3 change(s) would be applied; nothing was changed.",
@@ -609,3 +611,25 @@ def test_change_text():
     assert str(Change("create", "routes", "r")) == "create route 'r'"
     assert str(Change("update", "upstreams", "u", ("base_url", "enabled"))) == "update upstream 'u': base_url, enabled"
     assert str(Change("delete", "upstreams", "u")) == "delete upstream 'u'"
+
+
+def test_dry_run_shows_old_and_new_values_in_the_documents_terms(seeded, tmp_path):
+    """Names instead of ids, status lists instead of stored text, the breaker's fields under `breaker.`."""
+    make_upstream("spare", "http://spare.internal")
+    document = configfile.export_document()
+    document["upstreams"][0]["retry_on_statuses"] = [503]
+    document["upstreams"][0]["breaker"]["mode"] = "forced_open"
+    document["routes"][0]["upstream"] = "spare"
+    document["routes"][0]["max_body_bytes"] = None
+    output = run("gateway_import", write(tmp_path, document), dry_run=True)
+    upstream, route = document["upstreams"][0]["name"], document["routes"][0]["name"]
+    assert (upstream, route) == ("orders", "orders-api")
+    assert output.splitlines() == [
+        "  update upstream 'orders'",
+        "      retry_on_statuses: [429, 502, 503] → [503]",
+        "      breaker.mode: normal → forced_open",
+        "  update route 'orders-api'",
+        "      max_body_bytes: 1024 → null",
+        "      upstream: orders → spare",
+        "Dry run: 2 change(s) would be applied; nothing was changed.",
+    ]

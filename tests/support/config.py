@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from gateway_project import runtime
+from gateway_project.audit import Actor
 from proxy.models import Route, Upstream
+
+#: Who the tests' own configuration imports are recorded as.
+TEST_ACTOR = Actor("test", "cli")
 
 
 def make_upstream(name: str = "backend", base_url: str = "http://127.0.0.1:9", **fields) -> Upstream:
@@ -66,7 +70,7 @@ def import_and_apply(document, **kwargs) -> list[str]:
     from gateway_project import configfile
 
     result = configfile.plan(document, **kwargs)
-    configfile.apply(result)
+    configfile.apply(result, actor=TEST_ACTOR)
     return [str(change) for change in result.changes]
 
 

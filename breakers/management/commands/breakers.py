@@ -5,6 +5,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from breakers import services
+from gateway_project.management import require_shared_store
 
 
 class Command(BaseCommand):
@@ -15,6 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="One JSON document, for scripts.")
 
     def handle(self, *args, **options):
+        require_shared_store()
         try:
             statuses = services.live_states(names=options["upstreams"] or None)
         except services.UnknownUpstream as exc:

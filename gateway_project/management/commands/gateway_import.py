@@ -3,9 +3,10 @@
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError
 
-from gateway_project import configfile, runtime
+from gateway_project import configfile
+from gateway_project.audit import Actor
 
 
 class Command(BaseCommand):
@@ -30,14 +31,9 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
         try:
-            document = configfile.parse(text)
-            # Validate and apply in one transaction that holds the revision row: no admin save or other
-            # import commits between the check and the write.
-            with transaction.atomic():
-                runtime.lock()
-                plan = configfile.plan(document, prune=options["prune"])
-                if plan.changes and not options["dry_run"]:
-                    configfile.apply(plan)
+            plan = configfile.import_document(
+                configfile.parse(text), actor=Actor.cli(), prune=options["prune"], dry_run=options["dry_run"]
+            )
         except configfile.ConfigError as exc:
             raise CommandError(
                 f"{path}: {len(exc.problems)} problem(s), nothing was changed:\n  " + "\n  ".join(exc.problems)
@@ -50,7 +46,10 @@ class Command(BaseCommand):
             self.stdout.write("No changes.")
             return
         for change in plan.changes:
-            self.stdout.write(f"  {change}")
+            self.stdout.write(f"  {change.action} {change.object_type} {change.name!r}")
+            if change.action == "update":
+                for line in change.lines():
+                    self.stdout.write(f"      {line}")
         if options["dry_run"]:
             self.stdout.write(f"Dry run: {len(plan.changes)} change(s) would be applied; nothing was changed.")
             return
