@@ -23,3 +23,8 @@ def add(hooks: list, hook) -> None:
 
 #: Inline admin classes shown on the upstream's admin page (breakers: the breaker's settings).
 upstream_admin_inlines: list[type] = []
+
+
+#: Functions that report the health of each upstream's targets, for pages that show upstreams (the breakers
+#: page). Each is called with `upstream_ids=[...]` and returns {upstream id: [objects with as_dict()]}.
+upstream_health_providers: list[Callable[..., dict[int, list[Any]]]] = []

@@ -213,7 +213,7 @@ def compile_upstream(upstream, targets=()) -> CompiledUpstream:
     )
     addresses = [(t.address, t.weight) for t in targets if t.enabled]
     if not targets:
-        addresses = [(f"{url.host}:{port}", 1)]
+        addresses = [(base_address(upstream.base_url), 1)]
     compiled_targets = tuple(
         _compile_target(upstream, address, weight, scheme=scheme, base_host=base_host) for address, weight in addresses
     )
@@ -260,6 +260,12 @@ def compile_upstream(upstream, targets=()) -> CompiledUpstream:
         budget_min=upstream.retry_budget_min,
         check=check,
     )
+
+
+def base_address(base_url: str) -> str:
+    """host:port of a base URL: the one target of an upstream without Target rows."""
+    url = parse_url(base_url)
+    return f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
 
 
 def _compile_target(upstream, address: str, weight: int, *, scheme: str, base_host: str) -> CompiledTarget:
