@@ -53,14 +53,15 @@ class RetryBudget:
         return True
 
 
-_budgets: dict[int, RetryBudget] = {}
+_budgets: dict[tuple[int, str], RetryBudget] = {}
 _lock = threading.Lock()
 
 
-def budget_of(upstream_id: int) -> RetryBudget:
-    """The worker's budget of an upstream, kept across configuration revisions."""
-    found = _budgets.get(upstream_id)
+def budget_of(upstream_id: int, name: str) -> RetryBudget:
+    """The worker's budget of an upstream, kept across configuration revisions (a renamed one starts afresh)."""
+    key = (upstream_id, name)
+    found = _budgets.get(key)
     if found is None:
         with _lock:
-            found = _budgets.setdefault(upstream_id, RetryBudget())
+            found = _budgets.setdefault(key, RetryBudget())
     return found

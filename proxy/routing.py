@@ -255,7 +255,7 @@ def compile_upstream(upstream, targets=()) -> CompiledUpstream:
         timeout=Timeout(connect=upstream.connect_timeout, read=upstream.read_timeout),
         enabled=upstream.enabled,
         balancer=balancer,
-        budget=budget_of(upstream.id),
+        budget=budget_of(upstream.id, upstream.name),
         budget_percent=upstream.retry_budget_percent,
         budget_min=upstream.retry_budget_min,
         check=check,
