@@ -8,6 +8,7 @@ its connection returned to the pool at once; anything else streams.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import time
 
@@ -252,7 +253,9 @@ class ProxyView:
             conn.request(request.method, url, headers=upstream_headers, preload_content=False, decode_content=False)
             conn.sock.settimeout(min(upstream.read_timeout, allowed))
             response = conn.getresponse()
-        except HTTPError as error:
+        except (HTTPError, OSError, http.client.HTTPException) as error:
+            # urllib3 wraps connecting; writing the request and reading the head raise OSErrors and http.client's
+            # own exceptions (a refused 101, a head cut off) as they are.
             conn.close()
             self.upgrade_slots.give_back()
             elapsed = ctx.timings["upstream"] = time.perf_counter() - started
@@ -260,7 +263,7 @@ class ProxyView:
             if observer is not None:
                 observer.attempt_finished(status=None, error=error, elapsed=elapsed)
             ctx.log.update(upstream_ms=round(elapsed * 1000, 3), upstream_error=str(error))
-            if forwarding.is_timeout(error):
+            if forwarding.is_timeout(error) or isinstance(error, TimeoutError):
                 return json_error(
                     request, 504, "upstream_timeout", "The upstream did not answer in time.", upstream=upstream.name
                 )

@@ -21,6 +21,7 @@ from proxy.models import Route
 from tests.support.config import make_policy, make_route, make_upstream, serve, set_breaker_mode
 from tests.support.gateways import start_gateway, talking_to
 from tests.support.metrics import scrape, total
+from tests.support.rawupstream import Close, RawUpstream, response, serve_each
 from tests.support.servers import wait_until
 from tests.support.websocket import EchoServer
 
@@ -201,3 +202,21 @@ def test_rate_limits_and_the_breaker_apply_to_the_handshake(gw, echo):
 def test_plain_requests_on_an_upgrade_route_are_proxied_as_usual(gw, echo):
     response = requests.get(gw.url("/ws/chat"), timeout=5)
     assert response.status_code == 426  # the echo server wants a WebSocket; the gateway relays its answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        (Close(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"), 502),  # head cut off by a close
+        (response(101, headers=[("Upgrade", "h2c"), ("Connection", "Upgrade")], length=False), 502),  # not asked
+    ],
+)
+def test_a_broken_handshake_answer_is_a_502_and_gives_its_slot_back(ws_gateway, transactional_db, answer, status):
+    with talking_to(ws_gateway), RawUpstream(serve_each(lambda request: answer)) as raw:
+        make_route("raw", "/raw", make_upstream("raw", raw.url), upgrade_protocols="websocket")
+        serve(ws_gateway)
+        for _ in range(LIMIT + 1):  # more than the worker's slots: none may stay taken
+            with pytest.raises(InvalidStatus) as refused:
+                client(ws_gateway, "/raw/x")
+            assert refused.value.response.status_code == status
+        assert total(scrape(ws_gateway), "gateway_upgrades_refused_total", route="raw") == 0
