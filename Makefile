@@ -53,7 +53,7 @@ test-tools:
 test: venv test-tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest --ds=tests.settings $(PYTEST_ARGS)
-	$(PY) -m tests.support.postgres $(VENV)/bin/pytest --ds=tests.settings -m "postgres or not (slow or e2e)" $(PYTEST_ARGS)
+	$(PY) -m tests.support.postgres $(VENV)/bin/pytest --ds=tests.settings -m "postgres or (database and not (slow or e2e))" $(PYTEST_ARGS)
 
 # While iterating: skip the slow load, soak and large-transfer tests.
 test-fast: venv test-tools

@@ -37,6 +37,12 @@ _own_metrics_dir = not _env["GATEWAY_METRICS_DIR"]
 _metrics_dir = _env["GATEWAY_METRICS_DIR"] or tempfile.mkdtemp(prefix="gateway-metrics-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
+# Files the workers of this instance share (proxy/health.py: the active health checks' leader lock and results,
+# each worker's view of its targets): a fresh directory unless the operator names one.
+_own_run_dir = not _env["GATEWAY_RUN_DIR"]
+_run_dir = _env["GATEWAY_RUN_DIR"] or tempfile.mkdtemp(prefix="gateway-run-")
+os.environ["GATEWAY_RUN_DIR"] = _run_dir
+
 
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -108,3 +114,5 @@ def child_exit(server, worker):
 def on_exit(server):
     if _own_metrics_dir:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
+    if _own_run_dir:
+        shutil.rmtree(_run_dir, ignore_errors=True)

@@ -4,6 +4,7 @@
     .venv/bin/python bench/run.py                 # 3 runs x 10 s per target and concurrency (~12 minutes)
     .venv/bin/python bench/run.py --quick         # 1 run x 3 s, to try the script
     .venv/bin/python bench/run.py --profile       # also py-spy the gateway at 64 connections
+    .venv/bin/python bench/run.py --only-balancing  # only the gateway with one target against three
 
 Everything listens on 127.0.0.1 and stops when the script ends. It installs what it needs: nginx and wrk from
 Debian's packages (as root), django-revproxy and py-spy from PyPI into the project's virtualenv. The report
@@ -205,7 +206,8 @@ class Bench:
         self.work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
         self.processes: list[Process] = []
         self.ports = {
-            name: free_port() for name in ("upstream", "nginx", "hello", "revproxy", "gateway", "redis", "slow")
+            name: free_port()
+            for name in ("upstream", "upstream2", "upstream3", "nginx", "hello", "revproxy", "gateway", "redis", "slow")
         }
 
     def start(self, process: Process) -> Process:
@@ -225,6 +227,8 @@ class Bench:
                 f"""
   server {{
     listen 127.0.0.1:{ports["upstream"]} backlog=4096;
+    listen 127.0.0.1:{ports["upstream2"]} backlog=4096;
+    listen 127.0.0.1:{ports["upstream3"]} backlog=4096;
     location = /small {{ default_type application/json; return 200 '{BODY}'; }}
     location = /big {{ alias {work}/big.bin; }}
     location = /huge {{ alias {work}/huge.bin; }}
@@ -338,9 +342,26 @@ class Bench:
                             "deadline": 120,
                         },
                         {"name": "slow", "base_url": f"http://127.0.0.1:{ports['slow']}", "read_timeout": 10},
+                        # The same nginx on three ports: three targets, so only the balancing differs.
+                        *(
+                            {
+                                "name": f"bench3-{balancing}",
+                                "base_url": "http://bench.internal",
+                                "read_timeout": 60,
+                                "deadline": 120,
+                                "balancing": balancing,
+                                "targets": [
+                                    {"address": f"127.0.0.1:{ports[name]}"}
+                                    for name in ("upstream", "upstream2", "upstream3")
+                                ],
+                            }
+                            for balancing in ("round_robin", "least_requests")
+                        ),
                     ],
                     "routes": [
                         {"name": "bench", "path_prefix": "/gw", "upstream": "bench"},
+                        {"name": "bench3-rr", "path_prefix": "/gw3rr", "upstream": "bench3-round_robin"},
+                        {"name": "bench3-lr", "path_prefix": "/gw3lr", "upstream": "bench3-least_requests"},
                         {"name": "slow", "path_prefix": "/slow", "upstream": "slow"},
                     ],
                     "rate_limits": [
@@ -373,7 +394,12 @@ class Bench:
                 log=work / "gateway.log",
             )
         )
-        for name in ("upstream", "nginx", "revproxy", "hello", "gateway"):
+        waited = (
+            ("upstream", "gateway")
+            if self.args.only_balancing
+            else ("upstream", "nginx", "revproxy", "hello", "gateway")
+        )
+        for name in waited:
             path = {
                 "upstream": "/small",
                 "nginx": "/np/small",
@@ -420,6 +446,29 @@ class Bench:
                         f"cpu {result['cpu_us_per_request']:6.0f} us/req",
                         flush=True,
                     )
+        return results
+
+    def balancing(self) -> dict:
+        """The gateway's req/s at 64 connections with one target, and with three (round robin, least requests),
+        alternating within each run so that the machine's drift hits all three alike."""
+        gw = f"http://127.0.0.1:{self.ports['gateway']}"
+        cells = {
+            "1 target": f"{gw}/gw/small",
+            "3 targets, round robin": f"{gw}/gw3rr/small",
+            "3 targets, least requests": f"{gw}/gw3lr/small",
+        }
+        for url in cells.values():
+            wrk(url, 8, 2)
+        results: dict = collections.defaultdict(list)
+        for run in range(self.args.runs):
+            for name, url in cells.items():
+                cpu = self.gateway.cpu_seconds()
+                result = wrk(url, 64, self.args.duration)
+                if result["non_2xx"] or result["socket_errors"]:
+                    raise RuntimeError(f"{name}: {result}")
+                result["cpu_us_per_request"] = (self.gateway.cpu_seconds() - cpu) * 1e6 / max(result["requests"], 1)
+                results[name].append(result)
+                print(f"  balancing run {run + 1} {name:26} {result['rps']:>8.0f} req/s", flush=True)
         return results
 
     def streaming(self) -> dict:
@@ -658,6 +707,20 @@ def report(measured: dict, extras: dict, args) -> str:
             f"{s['nginx proxy']['mb_per_s']:.0f} MB/s; gateway worker RSS grew "
             f"{s['gateway']['worker_rss_growth_mib']:.1f} MiB."
         ]
+    if "balancing" in extras:
+        lines += [
+            "",
+            "### Balancing: one target against three (64 connections)",
+            "",
+            "| upstream | req/s | p50 ms | p99 ms | CPU us/req |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, runs in extras["balancing"].items():
+            med = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99", "cpu_us_per_request")}
+            lines.append(
+                f"| {name} | {med['rps']:,.0f} | {med['p50'] * 1000:.2f} | {med['p99'] * 1000:.2f} | "
+                f"{med['cpu_us_per_request']:.0f} |"
+            )
     if "profile" in extras:
         p = extras["profile"]
         lines += [
@@ -681,6 +744,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="py-spy a gateway worker at 64 connections")
     parser.add_argument("--skip-install", action="store_true")
     parser.add_argument("--sizes", default="small,big")
+    parser.add_argument(
+        "--only-balancing", action="store_true", help="only the gateway with one target against three targets"
+    )
     args = parser.parse_args()
     if args.quick:
         args.runs, args.duration = 1, 3.0
@@ -689,12 +755,14 @@ def main() -> None:
     measured, extras = {}, {}
     try:
         bench.setup()
-        for size in filter(None, args.sizes.split(",")):
-            measured[size] = bench.measure(size, LEVELS if size == "small" else (64,))
-        extras["redis_idle"] = bench.redis_idle()
-        extras["sql"] = bench.sql_per_request()
-        extras["in_flight"] = bench.in_flight()
-        extras["streaming"] = bench.streaming()
+        if not args.only_balancing:
+            for size in filter(None, args.sizes.split(",")):
+                measured[size] = bench.measure(size, LEVELS if size == "small" else (64,))
+            extras["redis_idle"] = bench.redis_idle()
+            extras["sql"] = bench.sql_per_request()
+            extras["in_flight"] = bench.in_flight()
+            extras["streaming"] = bench.streaming()
+        extras["balancing"] = bench.balancing()
         if args.profile:
             extras["profile"] = bench.profile()
     finally:

@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 
 from breakers import services
 from breakers.models import Breaker, BreakerConfig, BreakerTransition
+from gateway_project import registry
 from gateway_project.admin import actor_of
 
 ACTIONS = {
@@ -59,6 +60,10 @@ class BreakerAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         statuses = services.live_states(page=True)
+        # Each target's health, from the app that owns targets (proxy), through the core's registry.
+        targets: dict[int, list] = {}
+        for provider in registry.upstream_health_providers:
+            targets.update(provider(upstream_ids=[s.upstream_id for s in statuses]))
         unavailable = next((s.error for s in statuses if s.error), None)
         if unavailable is not None:
             self.message_user(
@@ -75,6 +80,7 @@ class BreakerAdmin(admin.ModelAdmin):
                 "title": "Circuit breakers",
                 "opts": self.model._meta,
                 "statuses": statuses,
+                "rows": [(s, targets.get(s.upstream_id, [])) for s in statuses],
                 "actions": ACTIONS,
                 "can_act": self.has_change_permission(request),
             },

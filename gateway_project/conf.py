@@ -284,6 +284,26 @@ SETTINGS: tuple[Setting, ...] = (
         "Bytes per second a request body must average once it has taken the timeout above; 0 = no minimum.",
     ),
     Setting(
+        "GATEWAY_UPGRADE_IDLE_TIMEOUT",
+        number(0.1, 86400),
+        300.0,
+        "Seconds an upgraded connection (WebSocket, ...) may pass no bytes either way before the gateway closes it.",
+    ),
+    Setting(
+        "GATEWAY_UPGRADE_MAX_CONNECTIONS",
+        integer(1),
+        lambda v: max(1, v["GATEWAY_WORKER_CONNECTIONS"] // 2),
+        "Upgraded connections a worker holds at once; further upgrade requests get 503.",
+    ),
+    Setting(
+        "GATEWAY_RUN_DIR",
+        text,
+        "",
+        "Directory the workers of one instance share: the active health checks' leader lock, their results and each "
+        "worker's target health.",
+        tuning=True,
+    ),
+    Setting(
         "GATEWAY_POOL_MAXSIZE",
         integer(1),
         lambda v: v["GATEWAY_WORKER_CONNECTIONS"],

@@ -185,12 +185,15 @@ def _kind_names(kinds) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def apply_fields(obj, item: Reader, fields: Iterable[tuple[str, type | tuple[type, ...]]]) -> None:
-    """Copy plain fields from the item; a field the item leaves out takes the model's default."""
-    for name, kinds in fields:
+def apply_fields(obj, item: Reader, fields: Iterable[tuple]) -> None:
+    """Copy plain fields from the item; a field the item leaves out takes the model's default.
+
+    Each field is (model field name, kinds) or, when the document names it differently (inside a nested
+    mapping, say), (model field name, kinds, document key)."""
+    for name, kinds, *key in fields:
         model_field = obj._meta.get_field(name)
         default = model_field.get_default()
-        value = item.get(name, kinds, default, nullable=model_field.null)
+        value = item.get(key[0] if key else name, kinds, default, nullable=model_field.null)
         if isinstance(value, int) and not isinstance(value, bool) and isinstance(model_field, models.FloatField):
             value = float(value)
         setattr(obj, name, value)

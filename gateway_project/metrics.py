@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -38,6 +38,39 @@ upstream_retries = Counter(
     "gateway_upstream_retries",
     "Retries of upstream requests, by upstream and what was retried.",
     ["upstream", "reason"],
+)
+upstream_attempts = Counter(
+    "gateway_upstream_attempts",
+    "Attempts to reach an upstream's targets, by upstream, target (its configured address) and outcome (the "
+    "status code, or connect, connect_timeout, read_timeout, protocol, other).",
+    ["upstream", "target", "outcome"],
+)
+target_ejections = Counter(
+    "gateway_target_ejections",
+    "Targets taken out of the rotation by passive health (one worker's decision each), by upstream and target.",
+    ["upstream", "target"],
+)
+retry_budget_exhausted_total = Counter(
+    "gateway_retry_budget_exhausted",
+    "Retries not made because the upstream's retry budget was spent, by upstream.",
+    ["upstream"],
+)
+upgraded_open = Gauge(
+    "gateway_upgraded_connections",
+    "Upgraded connections (WebSocket, ...) open now, by route.",
+    ["route"],
+    multiprocess_mode="livesum",
+)
+upgraded_duration = Histogram(
+    "gateway_upgraded_connection_duration_seconds",
+    "How long upgraded connections stayed open, by route.",
+    ["route"],
+    buckets=(0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0),
+)
+upgrades_refused = Counter(
+    "gateway_upgrades_refused",
+    "Upgrade requests refused because the worker holds its most upgraded connections, by route.",
+    ["route"],
 )
 bytes_in = Counter("gateway_request_body_bytes", "Request body bytes forwarded upstream, by route.", ["route"])
 bytes_out = Counter("gateway_response_body_bytes", "Response body bytes sent to clients, by route.", ["route"])
@@ -74,6 +107,18 @@ def observe_upstream(*, upstream: str, seconds: float, retry_reasons: list[str])
     child(upstream_duration, upstream).observe(seconds)
     for reason in retry_reasons:
         child(upstream_retries, upstream, reason).inc()
+
+
+def observe_attempt(*, upstream: str, target: str, outcome: str) -> None:
+    child(upstream_attempts, upstream, target, outcome).inc()
+
+
+def target_ejected(*, upstream: str, target: str) -> None:
+    child(target_ejections, upstream, target).inc()
+
+
+def retry_budget_exhausted(*, upstream: str) -> None:
+    child(retry_budget_exhausted_total, upstream).inc()
 
 
 def redis_error(operation: str) -> None:

@@ -27,3 +27,7 @@ upstream_admin_inlines: list[type] = []
 
 #: The management API's endpoints an app contributes: (URL prefix under /_gateway/api/v1/, viewset class).
 api_viewsets: list[tuple[str, type]] = []
+
+#: Functions that report the health of each upstream's targets, for pages that show upstreams (the breakers
+#: page). Each is called with `upstream_ids=[...]` and returns {upstream id: [objects with as_dict()]}.
+upstream_health_providers: list[Callable[..., dict[int, list[Any]]]] = []

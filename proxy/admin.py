@@ -8,7 +8,20 @@ from django.utils.html import format_html
 from gateway_project import registry
 from gateway_project.admin import AuditedAdmin
 from proxy import services
-from proxy.models import Route, Upstream
+from proxy.models import Route, Target, Upstream
+
+
+class TargetInline(admin.TabularInline):
+    """The upstream's servers. None: requests go to the base URL's own host and port."""
+
+    model = Target
+    extra = 0
+    fields = ("address", "weight", "enabled")
+    verbose_name_plural = "targets (none: the base URL's host and port)"
+    audit_type = "target"
+
+    def audit_name(self, obj: Target) -> str:
+        return services.target_name(obj)
 
 
 @admin.register(Upstream)
@@ -30,12 +43,46 @@ class UpstreamAdmin(AuditedAdmin):
     search_fields = ("name", "base_url")
     readonly_fields = ("created_at", "updated_at")
     fieldsets = (
-        (None, {"fields": ("name", "base_url", "enabled")}),
+        (None, {"fields": ("name", "base_url", "enabled", "balancing")}),
         ("Timeouts", {"fields": ("connect_timeout", "read_timeout", "deadline")}),
         (
             "Retries (urllib3 Retry)",
             {
-                "fields": ("max_retries", "backoff_factor", "backoff_max", "backoff_jitter", "retry_on_statuses"),
+                "fields": (
+                    "max_retries",
+                    "backoff_factor",
+                    "backoff_max",
+                    "backoff_jitter",
+                    "retry_on_statuses",
+                    "retry_budget_percent",
+                    "retry_budget_min",
+                ),
+            },
+        ),
+        (
+            "Passive health (per worker)",
+            {
+                "fields": (
+                    "eject_consecutive_failures",
+                    "eject_on_statuses",
+                    "eject_seconds",
+                    "eject_max_seconds",
+                    "eject_max_percent",
+                ),
+            },
+        ),
+        (
+            "Active health checks (one worker per instance probes)",
+            {
+                "classes": ("collapse",),
+                "fields": (
+                    "health_check_path",
+                    "health_check_interval",
+                    "health_check_timeout",
+                    "health_check_statuses",
+                    "healthy_threshold",
+                    "unhealthy_threshold",
+                ),
             },
         ),
         ("TLS", {"fields": ("tls_verify",)}),
@@ -43,7 +90,7 @@ class UpstreamAdmin(AuditedAdmin):
     )
 
     def get_inlines(self, request, obj):
-        return registry.upstream_admin_inlines
+        return [TargetInline, *registry.upstream_admin_inlines]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(_route_count=Count("routes"))
@@ -75,6 +122,8 @@ class RouteAdmin(AuditedAdmin):
         (None, {"fields": ("name", "enabled", "description")}),
         ("Match", {"fields": ("path_prefix", "host", "methods")}),
         ("Forward", {"fields": ("upstream", "strip_prefix", "max_body_bytes", "forwarding")}),
+        ("Retries and deadline", {"fields": ("retry_idempotency_key", "deadline_header")}),
+        ("Upgrades (WebSocket)", {"fields": ("upgrade_protocols",)}),
         ("Consumers", {"fields": ("require_api_key", "forward_api_key")}),
         ("History", {"fields": ("created_at", "updated_at")}),
     )

@@ -1,10 +1,13 @@
-"""Sending one client request to its upstream: pooled connections, per-upstream urllib3 `Retry`, a deadline.
+"""Sending one client request to its upstream: a target per attempt, pooled connections per target, urllib3
+`Retry`, a retry budget and a deadline.
 
-The retry loop is ours so that every attempt gets a timeout cut to the time left, every attempt's outcome
-reaches the circuit breaker, and the deadline bounds the whole exchange. The decisions themselves are
-urllib3's: `Retry.increment` (what may be retried: connection errors for any method, read errors and
-listed statuses only for idempotent methods, within the counters), `get_backoff_time` (exponential backoff
-with jitter) and `get_retry_after`.
+The retry loop is ours so that every attempt gets a timeout cut to the time left, goes to a target the
+balancer picks (a retry to a healthy target this request has not tried yet, when there is one), and reports its
+outcome to the target's passive health and to the circuit breaker (which counts the upstream as a whole); and so
+that the deadline bounds the whole exchange. The decisions themselves are urllib3's: `Retry.increment` (what
+may be retried: connection errors for any method, read errors and listed statuses only for idempotent methods,
+within the counters), `get_backoff_time` (exponential backoff with jitter) and `get_retry_after`. Each retry
+also takes a token from the upstream's retry budget (proxy.budget); once it is spent, the last answer stands.
 """
 
 from __future__ import annotations
@@ -29,19 +32,24 @@ from urllib3.exceptions import (
 )
 from urllib3.response import BaseHTTPResponse
 
+from gateway_project import metrics
 from gateway_project.context import AttemptObserver
 from gateway_project.http import still_open
-from proxy.routing import UpstreamTarget
+from proxy.balancing import CompiledTarget
+from proxy.routing import CompiledUpstream
 from proxy.upstream_response import HEADER_DEADLINE, HeaderDeadline, UpstreamHTTPResponse
 
 
 class UpstreamFailed(Exception):
-    """No usable response: `timeout` is True when time ran out (504), False when the upstream failed (502)."""
+    """No usable response: `timeout` is True when time ran out (504), False when the upstream failed (502).
 
-    def __init__(self, message: str, *, timeout: bool, retry_reasons: list[str]) -> None:
+    `target` is the address of the last target tried (None if none was)."""
+
+    def __init__(self, message: str, *, timeout: bool, retry_reasons: list[str], target: str | None = None) -> None:
         super().__init__(message)
         self.timeout = timeout
         self.retry_reasons = retry_reasons
+        self.target = target
 
     @property
     def retries(self) -> int:
@@ -51,9 +59,10 @@ class UpstreamFailed(Exception):
 class ClientGone(Exception):
     """The client closed its connection while the retries waited; nothing more is sent upstream."""
 
-    def __init__(self, *, retry_reasons: list[str]) -> None:
+    def __init__(self, *, retry_reasons: list[str], target: str | None) -> None:
         super().__init__("the client closed its connection during the retries")
         self.retry_reasons = retry_reasons
+        self.target = target
 
     @property
     def retries(self) -> int:
@@ -73,10 +82,18 @@ class Exchange:
     response: BaseHTTPResponse
     retry_reasons: list[str]  # why each retry happened: connect, read_timeout, protocol, status_503, ...
     upstream_seconds: float
+    target: CompiledTarget  # the target that gave the response
+    finished: bool = False
 
     @property
     def retries(self) -> int:
         return len(self.retry_reasons)
+
+    def finish(self) -> None:
+        """The response is relayed (or abandoned): the target has one unfinished request fewer."""
+        if not self.finished:
+            self.finished = True
+            self.target.state.outstanding -= 1
 
 
 class KeepAliveHTTPConnection(HTTPConnection):
@@ -129,7 +146,7 @@ def pool_manager() -> urllib3.PoolManager:
     return _pool_manager
 
 
-def _reason(error: Exception) -> str:
+def reason_of(error: Exception) -> str:
     if isinstance(error, NewConnectionError):
         return "connect"
     if isinstance(error, ConnectTimeoutError):
@@ -141,7 +158,7 @@ def _reason(error: Exception) -> str:
     return "other"
 
 
-def _is_timeout(error: Exception) -> bool:
+def is_timeout(error: Exception) -> bool:
     return isinstance(error, ReadTimeoutError) or (
         isinstance(error, ConnectTimeoutError) and not isinstance(error, NewConnectionError)
     )
@@ -160,7 +177,7 @@ def discard(response: BaseHTTPResponse) -> None:
 
 
 def send(
-    upstream: UpstreamTarget,
+    upstream: CompiledUpstream,
     method: str,
     url: str,
     headers: dict[str, str],
@@ -170,30 +187,48 @@ def send(
     chunked: bool = False,
     observer: AttemptObserver | None = None,
     client_gone: Callable[[], bool] | None = None,
+    idempotency_key: bool = False,
+    deadline: float | None = None,
+    deadline_header: str | None = None,
     sleep=time.sleep,
     clock=time.monotonic,
 ) -> Exchange:
-    """Send the request, retrying as the upstream's policy allows, until a response or the deadline."""
-    pool = pool_manager().connection_from_host(
-        upstream.host, upstream.port, upstream.scheme, pool_kwargs=upstream.pool_kwargs or None
-    )
-    retry = upstream.retry if replayable else upstream.retry.new(read=0, status=0)
+    """Send the request, retrying as the upstream's policy and budget allow, until a response or the deadline.
+
+    `idempotency_key`: the request carries an Idempotency-Key on a route that lets POST and PATCH be retried.
+    `deadline`: seconds the client allows (never more than the upstream's deadline). `deadline_header`: the
+    header that tells each attempt the milliseconds left.
+    """
+    balancer, budget, manager = upstream.balancer, upstream.budget, pool_manager()
+    retry = upstream.retry_with_key if idempotency_key else upstream.retry
+    if not replayable:
+        retry = retry.new(read=0, status=0)
     started = clock()
-    deadline = started + upstream.deadline
+    budget.request(started)
+    allowed = upstream.deadline if deadline is None else min(deadline, upstream.deadline)
+    deadline_at = started + allowed
     # Read by UpstreamHTTPResponse.begin(): the head must arrive by then, however slowly its bytes drip in.
-    header_deadline = HeaderDeadline(time.monotonic() + upstream.deadline)
+    header_deadline = HeaderDeadline(time.monotonic() + allowed)
     HEADER_DEADLINE.set(header_deadline)
     if not replayable and body is not None:
         body = header_deadline.excluding_client(body)
-    sent = False
     reasons: list[str] = []
+    tried: tuple[CompiledTarget, ...] = ()
+    target: CompiledTarget | None = None
     while True:
-        remaining = deadline - clock()
-        if remaining <= 0:
-            raise UpstreamFailed("deadline exceeded", timeout=True, retry_reasons=reasons)
-        if sent and client_gone is not None and client_gone():
-            raise ClientGone(retry_reasons=reasons)
-        sent = True
+        now = clock()
+        remaining = deadline_at - now
+        address = target.address if target is not None else None
+        if remaining <= 0 or (deadline_header is not None and int(remaining * 1000) <= 0):
+            raise UpstreamFailed("deadline exceeded", timeout=True, retry_reasons=reasons, target=address)
+        if tried and client_gone is not None and client_gone():
+            raise ClientGone(retry_reasons=reasons, target=address)
+        if deadline_header is not None:
+            headers[deadline_header] = str(int(remaining * 1000))
+        target = balancer.pick(now, tried)
+        tried += (target,)
+        pool = manager.connection_from_host(target.host, target.port, upstream.scheme, pool_kwargs=target.pool_kwargs)
+        target.state.outstanding += 1
         attempt_started = clock()
         try:
             response = pool.urlopen(
@@ -215,30 +250,39 @@ def send(
                 chunked=chunked,
             )
         except ClientBodyError:
+            target.state.outstanding -= 1
             raise
         except HTTPError as error:
+            target.state.outstanding -= 1
+            ended = clock()
+            reason = reason_of(error)
+            attempted(upstream, target, reason, failed=True, now=ended)
             if observer is not None:
-                observer.attempt_finished(status=None, error=error, elapsed=clock() - attempt_started)
-            failed = UpstreamFailed(str(error), timeout=_is_timeout(error), retry_reasons=reasons)
+                observer.attempt_finished(status=None, error=error, elapsed=ended - attempt_started)
+            failed = UpstreamFailed(str(error), timeout=is_timeout(error), retry_reasons=reasons, target=target.address)
             try:
                 retry = retry.increment(method, url, error=error)
             except (MaxRetryError, HTTPError):
                 raise failed from error
             wait = retry.get_backoff_time()
-            if clock() + wait >= deadline or (observer is not None and not observer.may_continue()):
+            if not _may_retry(upstream, wait, deadline_at, observer, clock):
                 raise failed from error
-            reasons.append(_reason(error))
+            reasons.append(reason)
             sleep(wait)
             continue
 
         status = response.status
+        ended = clock()
+        attempted(upstream, target, status, failed=status in balancer.policy.statuses, now=ended)
         if observer is not None:
-            observer.attempt_finished(status=status, error=None, elapsed=clock() - attempt_started)
+            observer.attempt_finished(status=status, error=None, elapsed=ended - attempt_started)
+        exchange = Exchange(response, reasons, 0.0, target)
         if status in retry.status_forcelist and retry.is_retry(method, status):
             try:
                 next_retry = retry.increment(method, url, response=response)
             except MaxRetryError:
-                return Exchange(response, reasons, clock() - started)
+                exchange.upstream_seconds = clock() - started
+                return exchange
             try:
                 wait = next_retry.get_retry_after(response)
             except InvalidHeader:
@@ -246,11 +290,35 @@ def send(
             if wait is None:
                 wait = next_retry.get_backoff_time()
             # A Retry-After (or backoff) longer than the time left ends the retries: relay this answer.
-            if clock() + wait >= deadline or (observer is not None and not observer.may_continue()):
-                return Exchange(response, reasons, clock() - started)
+            if not _may_retry(upstream, wait, deadline_at, observer, clock):
+                exchange.upstream_seconds = clock() - started
+                return exchange
             discard(response)
+            exchange.finish()
             reasons.append(f"status_{status}")
             retry = next_retry
             sleep(wait)
             continue
-        return Exchange(response, reasons, clock() - started)
+        exchange.upstream_seconds = clock() - started
+        return exchange
+
+
+def attempted(upstream: CompiledUpstream, target: CompiledTarget, outcome, *, failed: bool, now: float) -> None:
+    """One attempt's outcome: the target's passive health, and the attempts metric."""
+    if failed:
+        if upstream.balancer.failed(target, now):
+            metrics.target_ejected(upstream=upstream.name, target=target.address)
+    else:
+        upstream.balancer.succeeded(target)
+    metrics.observe_attempt(upstream=upstream.name, target=target.address, outcome=str(outcome))
+
+
+def _may_retry(upstream: CompiledUpstream, wait: float, deadline_at: float, observer, clock) -> bool:
+    """A retry after `wait` seconds: within the deadline, while the breaker allows, and within the budget."""
+    now = clock()
+    if now + wait >= deadline_at or (observer is not None and not observer.may_continue()):
+        return False
+    if not upstream.budget.try_retry(now, upstream.budget_percent, upstream.budget_min):
+        metrics.retry_budget_exhausted(upstream=upstream.name)
+        return False
+    return True

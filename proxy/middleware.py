@@ -21,6 +21,7 @@ from gateway_project import runtime
 from gateway_project.client_ip import in_networks
 from gateway_project.context import OWN
 from gateway_project.responses import json_error
+from proxy import health
 from proxy.paths import BadPath, parse_target
 from proxy.routing import MethodNotAllowed
 from proxy.views import ProxyView
@@ -85,6 +86,8 @@ class RouteMiddleware:
         self.demo = settings.GATEWAY_DEMO
         self.pipeline = build_pipeline(settings.GATEWAY_PIPELINE, ProxyView.from_settings())
         runtime.start()
+        if settings.GATEWAY_CONFIG_WATCH:
+            health.start(settings.GATEWAY_RUN_DIR)
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         ctx = request.gateway

@@ -8,6 +8,12 @@ from django.db import models
 from gateway_project.validation import normalize_statuses, validate_name
 from proxy import validation
 
+ROUND_ROBIN, LEAST_REQUESTS = "round_robin", "least_requests"
+BALANCING_CHOICES = (
+    (ROUND_ROBIN, "weighted round robin (smooth, as nginx)"),
+    (LEAST_REQUESTS, "least outstanding requests, power of two choices"),
+)
+
 
 class Upstream(models.Model):
     """A service behind the gateway: where requests go and how hard the gateway tries."""
@@ -75,6 +81,90 @@ class Upstream(models.Model):
     )
     enabled = models.BooleanField(default=True, help_text="A disabled upstream answers 503 on every route to it.")
 
+    balancing = models.CharField(
+        max_length=20,
+        choices=BALANCING_CHOICES,
+        default=ROUND_ROBIN,
+        help_text="How requests are spread over the targets: by weight in turn, or to the less busy of two targets "
+        "drawn at random (busy: requests it has not finished, per unit of weight).",
+    )
+    # Passive health (Envoy's outlier detection), per worker: see proxy/health.py.
+    eject_consecutive_failures = models.PositiveSmallIntegerField(
+        "eject after consecutive failures",
+        default=5,
+        validators=[MaxValueValidator(1000)],
+        help_text="A target whose attempts fail this many times in a row (connect error, timeout, an ejecting "
+        "status) is taken out of the rotation for a while. 0: never.",
+    )
+    eject_seconds = models.FloatField(
+        "ejection time",
+        default=30.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(3600)],
+        help_text="Seconds of a first ejection; each repeated ejection lasts this much longer.",
+    )
+    eject_max_seconds = models.FloatField(
+        "longest ejection",
+        default=300.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(86400)],
+        help_text="Upper bound of one ejection, seconds.",
+    )
+    eject_max_percent = models.PositiveSmallIntegerField(
+        "most targets ejected",
+        default=10,
+        validators=[MaxValueValidator(100)],
+        help_text="Percent of the targets that may be ejected at once; one target always may be.",
+    )
+    eject_on_statuses = models.CharField(
+        "ejecting statuses",
+        max_length=200,
+        default="502,503,504",
+        blank=True,
+        help_text="Comma-separated upstream status codes that count as a target's failure.",
+    )
+    # Active health checks, run by one worker per gateway instance: see proxy/health.py.
+    health_check_path = models.CharField(
+        max_length=300,
+        blank=True,
+        default="",
+        help_text="Path (below the base path) each target is asked with GET every interval, off the request path. "
+        "Empty: no active checks.",
+    )
+    health_check_interval = models.FloatField(
+        default=10.0, validators=[MinValueValidator(0.1), MaxValueValidator(3600)], help_text="Seconds between checks."
+    )
+    health_check_timeout = models.FloatField(
+        default=2.0, validators=[MinValueValidator(0.01), MaxValueValidator(60)], help_text="Seconds a check may take."
+    )
+    health_check_statuses = models.CharField(
+        "healthy statuses",
+        max_length=200,
+        default="200",
+        help_text="Comma-separated statuses a healthy target answers a check with.",
+    )
+    healthy_threshold = models.PositiveSmallIntegerField(
+        default=2,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="Checks in a row that must pass before an unhealthy target gets traffic again.",
+    )
+    unhealthy_threshold = models.PositiveSmallIntegerField(
+        default=3,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="Checks in a row that must fail before a target gets no more traffic.",
+    )
+    retry_budget_percent = models.PositiveSmallIntegerField(
+        "retry budget (percent)",
+        default=20,
+        validators=[MaxValueValidator(100)],
+        help_text="Retries may be at most this share of the upstream's requests in the last 10 seconds (per worker), "
+        "so retries cannot multiply an outage.",
+    )
+    retry_budget_min = models.PositiveSmallIntegerField(
+        "retry budget minimum",
+        default=3,
+        validators=[MaxValueValidator(10000)],
+        help_text="Retries allowed in any 10 seconds whatever the share (per worker).",
+    )
+
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -94,12 +184,56 @@ class Upstream(models.Model):
             self.base_url = validation.normalize_base_url(self.base_url)
         except ValidationError as exc:
             errors["base_url"] = exc
-        try:
-            self.retry_on_statuses = normalize_statuses(self.retry_on_statuses)
-        except ValidationError as exc:
-            errors["retry_on_statuses"] = exc
+        for field in ("retry_on_statuses", "eject_on_statuses"):
+            try:
+                setattr(self, field, normalize_statuses(getattr(self, field)))
+            except ValidationError as exc:
+                errors[field] = exc
+        for field, normalize in (
+            ("health_check_statuses", validation.normalize_healthy_statuses),
+            ("health_check_path", validation.normalize_check_path),
+        ):
+            try:
+                setattr(self, field, normalize(getattr(self, field)))
+            except ValidationError as exc:
+                errors[field] = exc
         if errors:
             raise ValidationError(errors)
+
+
+class Target(models.Model):
+    """One server of an upstream. The upstream's base URL keeps the scheme, the base path and the Host header
+    (as nginx's `proxy_pass http://name` sends `Host: name`); a target is where the connection goes. An upstream
+    without targets sends to its base URL's own host and port."""
+
+    upstream = models.ForeignKey(Upstream, on_delete=models.CASCADE, related_name="targets")
+    address = models.CharField(
+        max_length=300,
+        help_text="host:port of one server, e.g. 10.0.0.5:8080 or [2001:db8::5]:8080. It names the target in logs "
+        "and metrics.",
+    )
+    weight = models.PositiveIntegerField(
+        default=100,
+        validators=[MinValueValidator(1), MaxValueValidator(10000)],
+        help_text="Share of the traffic relative to the other targets' weights.",
+    )
+    enabled = models.BooleanField(default=True, help_text="A disabled target gets no requests.")
+
+    class Meta:
+        ordering = ["upstream", "address"]
+        constraints = [models.UniqueConstraint(fields=["upstream", "address"], name="target_unique_address")]
+
+    def __str__(self) -> str:
+        return self.address
+
+    def clean(self) -> None:
+        self.normalize()
+
+    def normalize(self) -> None:
+        try:
+            self.address = validation.normalize_address(self.address)
+        except ValidationError as exc:
+            raise ValidationError({"address": exc}) from exc
 
 
 class Route(models.Model):
@@ -155,6 +289,28 @@ class Route(models.Model):
         help_text="Pass the client's API key header on to the upstream. Off: the upstream never sees it (it is "
         "told the consumer's name in X-Consumer-Name instead).",
     )
+    retry_idempotency_key = models.BooleanField(
+        "retry with Idempotency-Key",
+        default=False,
+        help_text="Retry a POST or PATCH that carries an Idempotency-Key header as an idempotent request. Never "
+        "without the header.",
+    )
+    deadline_header = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        help_text="Send the milliseconds left to the upstream's deadline in this header (e.g. X-Request-Timeout-Ms), "
+        "so the upstream can give up in time. A client's own value in it can only shorten the deadline; a "
+        "request whose deadline is spent is not sent. Empty: off.",
+    )
+    upgrade_protocols = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        help_text="Comma-separated protocols a client may switch to with Upgrade, e.g. websocket; the upstream's "
+        "101 is relayed and bytes flow both ways until either side closes. Empty: no upgrades (the Upgrade header "
+        "is not forwarded).",
+    )
     description = models.TextField(blank=True, default="")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -190,6 +346,8 @@ class Route(models.Model):
             ("path_prefix", lambda v: validation.normalize_prefix(v, settings.GATEWAY_RESERVED_PREFIXES)),
             ("host", validation.normalize_host),
             ("methods", validation.normalize_methods),
+            ("deadline_header", validation.normalize_header_name),
+            ("upgrade_protocols", validation.normalize_upgrade_protocols),
         ):
             try:
                 setattr(self, field, normalize(getattr(self, field)))

@@ -10,34 +10,61 @@ Matching rules, in order:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from urllib3.util import Retry, Timeout
 from urllib3.util.url import parse_url
 
+from proxy.balancing import Balancer, CompiledTarget, OutlierPolicy, state_of
+from proxy.budget import RetryBudget, budget_of
+
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # RFC 9110 §9.2.2
+#: Methods that become retryable with an Idempotency-Key (draft-ietf-httpapi-idempotency-key-header).
+KEYED_METHODS = frozenset({"POST", "PATCH"})
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamTarget:
-    """An upstream compiled for the hot path: pool key parts, timeouts and the retry policy, built once."""
+class CompiledUpstream:
+    """An upstream compiled for the hot path: its targets and balancer, timeouts, retry policies and budget, built
+    once per configuration revision. The base URL gives the scheme, the base path and the Host header; the
+    targets (or, without any, the base URL's own host and port) are where connections go."""
 
     id: int
     name: str
     scheme: str
-    host: str
-    port: int
     host_header: str
     base_path: str
     connect_timeout: float
     read_timeout: float
     deadline: float
     retry: Retry
+    #: The same policy with POST and PATCH retryable, for requests carrying an Idempotency-Key on routes that
+    #: allow it.
+    retry_with_key: Retry
     timeout: Timeout
     enabled: bool
-    pool_kwargs: dict[str, Any] = field(default_factory=dict)
+    balancer: Balancer
+    budget: RetryBudget
+    budget_percent: int = 20
+    budget_min: int = 3
+    #: Active health check (proxy.health), or None: (path, interval, timeout, statuses, healthy, unhealthy).
+    check: HealthCheck | None = None
+
+    @property
+    def targets(self) -> tuple[CompiledTarget, ...]:
+        return self.balancer.targets
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    path: str
+    interval: float
+    timeout: float
+    statuses: frozenset[int]
+    healthy_threshold: int
+    unhealthy_threshold: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +77,17 @@ class CompiledRoute:
     methods: frozenset[str] | None
     strip_prefix: bool
     max_body_bytes: int
-    upstream: UpstreamTarget
+    upstream: CompiledUpstream
     require_api_key: bool = False
     drop_keys: frozenset[str] = frozenset()
+    #: POST and PATCH with an Idempotency-Key header may be retried.
+    retry_idempotency_key: bool = False
+    #: Header carrying the milliseconds left to the deadline, and its environ key (a client's value in it can
+    #: only shorten the deadline); None: off.
+    deadline_header: str | None = None
+    deadline_key: str | None = None
+    #: Protocols a client may switch to (lower case), e.g. frozenset({"websocket"}).
+    upgrade_protocols: frozenset[str] = frozenset()
 
     def forward_path(self, raw_path: str) -> str:
         """The path sent upstream: the base path, then the client's raw path with the prefix stripped if set."""
@@ -150,11 +185,13 @@ def _longest_prefix(table: dict[str, _Group], path: str) -> _Group | None:
         candidate = candidate[: candidate.rfind("/")] or "/"
 
 
-def compile_upstream(upstream) -> UpstreamTarget:
+def compile_upstream(upstream, targets=()) -> CompiledUpstream:
+    """Compile an upstream and its enabled `targets` (Target rows; none: the base URL's host and port)."""
     from gateway_project.validation import parse_statuses
 
     url = parse_url(upstream.base_url)
     scheme = url.scheme or "http"
+    base_host = url.host.strip("[]")
     port = url.port or (443 if scheme == "https" else 80)
     default_port = (scheme == "http" and port == 80) or (scheme == "https" and port == 443)
     host_header = url.host if default_port else f"{url.host}:{port}"
@@ -174,28 +211,86 @@ def compile_upstream(upstream) -> UpstreamTarget:
         raise_on_status=False,
         respect_retry_after_header=True,
     )
-    pool_kwargs: dict[str, Any] = {}
-    if scheme == "https" and not upstream.tls_verify:
-        pool_kwargs = {"cert_reqs": "CERT_NONE", "assert_hostname": False}
-    return UpstreamTarget(
+    addresses = [(t.address, t.weight) for t in targets if t.enabled]
+    if not targets:
+        addresses = [(base_address(upstream.base_url), 1)]
+    compiled_targets = tuple(
+        _compile_target(upstream, address, weight, scheme=scheme, base_host=base_host) for address, weight in addresses
+    )
+    check = None
+    if upstream.health_check_path:
+        check = HealthCheck(
+            path=upstream.health_check_path,
+            interval=upstream.health_check_interval,
+            timeout=upstream.health_check_timeout,
+            statuses=frozenset(int(s) for s in upstream.health_check_statuses.split(",")),
+            healthy_threshold=upstream.healthy_threshold,
+            unhealthy_threshold=upstream.unhealthy_threshold,
+        )
+    else:
+        for target in compiled_targets:  # checks switched off: whatever they said no longer holds
+            target.state.active_healthy = True
+    balancer = Balancer(
+        compiled_targets,
+        algorithm=upstream.balancing,
+        policy=OutlierPolicy(
+            consecutive=upstream.eject_consecutive_failures,
+            base_seconds=upstream.eject_seconds,
+            max_seconds=upstream.eject_max_seconds,
+            max_percent=upstream.eject_max_percent,
+            statuses=parse_statuses(upstream.eject_on_statuses),
+        ),
+    )
+    return CompiledUpstream(
         id=upstream.id,
         name=upstream.name,
         scheme=scheme,
-        host=url.host.strip("[]"),
-        port=port,
         host_header=host_header,
         base_path=(url.path or "").rstrip("/"),
         connect_timeout=upstream.connect_timeout,
         read_timeout=upstream.read_timeout,
         deadline=upstream.deadline,
         retry=retry,
+        retry_with_key=retry.new(allowed_methods=IDEMPOTENT_METHODS | KEYED_METHODS),
         timeout=Timeout(connect=upstream.connect_timeout, read=upstream.read_timeout),
         enabled=upstream.enabled,
-        pool_kwargs=pool_kwargs,
+        balancer=balancer,
+        budget=budget_of(upstream.id, upstream.name),
+        budget_percent=upstream.retry_budget_percent,
+        budget_min=upstream.retry_budget_min,
+        check=check,
     )
 
 
-def compile_route(route, upstream: UpstreamTarget) -> CompiledRoute:
+def base_address(base_url: str) -> str:
+    """host:port of a base URL: the one target of an upstream without Target rows."""
+    url = parse_url(base_url)
+    return f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+
+
+def _compile_target(upstream, address: str, weight: int, *, scheme: str, base_host: str) -> CompiledTarget:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    pool_kwargs: dict[str, Any] = {}
+    if scheme == "https":
+        if not upstream.tls_verify:
+            pool_kwargs = {"cert_reqs": "CERT_NONE", "assert_hostname": False}
+        elif host != base_host:
+            # A target named by its address still presents the service's certificate: ask for it by the base
+            # URL's name (SNI) and check the certificate against that name.
+            pool_kwargs = {"server_hostname": base_host, "assert_hostname": base_host}
+    return CompiledTarget(
+        address=address,
+        host=host,
+        port=int(port),
+        weight=weight,
+        pool_kwargs=pool_kwargs or None,
+        state=state_of(upstream.id, address),
+    )
+
+
+def compile_route(route, upstream: CompiledUpstream) -> CompiledRoute:
+    from gateway_project.http import environ_key
     from proxy.headers import request_drop_keys
 
     prefix = route.path_prefix
@@ -203,6 +298,9 @@ def compile_route(route, upstream: UpstreamTarget) -> CompiledRoute:
     private = [settings.GATEWAY_CONSUMER_HEADER]
     if not route.forward_api_key:
         private.append(settings.GATEWAY_API_KEY_HEADER)
+    deadline_header = route.deadline_header or None
+    if deadline_header:
+        private.append(deadline_header)  # the gateway writes its own value
     return CompiledRoute(
         id=route.id,
         name=route.name,
@@ -215,6 +313,10 @@ def compile_route(route, upstream: UpstreamTarget) -> CompiledRoute:
         upstream=upstream,
         require_api_key=route.require_api_key,
         drop_keys=request_drop_keys(*private),
+        retry_idempotency_key=route.retry_idempotency_key,
+        deadline_header=deadline_header,
+        deadline_key=environ_key(deadline_header) if deadline_header else None,
+        upgrade_protocols=frozenset(p for p in route.upgrade_protocols.split(",") if p),
     )
 
 
@@ -222,6 +324,6 @@ def load_route_table() -> RouteTable:
     """Read every enabled route and its upstream from the database and compile them."""
     from proxy.models import Route, Upstream
 
-    upstreams = {u.id: compile_upstream(u) for u in Upstream.objects.all()}
+    upstreams = {u.id: compile_upstream(u, u.targets.all()) for u in Upstream.objects.prefetch_related("targets")}
     routes = [compile_route(r, upstreams[r.upstream_id]) for r in Route.objects.filter(enabled=True)]
     return RouteTable(routes)

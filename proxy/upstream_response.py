@@ -6,7 +6,8 @@ pool), accepts a header section cut off by a close as complete, keeps a Content-
 `Transfer-Encoding: chunked`, and restarts its read timeout at every byte. `UpstreamHTTPResponse` replaces its
 `begin()`:
 
-- interim answers (1xx) are read past to the final one; a 101 is refused, as the gateway never asks to switch;
+- interim answers (1xx) are read past to the final one; a 101 is refused unless the gateway asked to switch
+  (proxy/upgrade.py, on routes that allow the protocol), and then it is the final answer;
 - a status line or header section that ends before its blank line is an error, not an empty answer;
 - framing follows RFC 9112 §6.3: only `chunked` is accepted as a transfer coding; a Content-Length next to it
   is removed and the connection is not reused; a Content-Length that is not one non-negative number is an
@@ -66,6 +67,9 @@ class IncompleteHead(UpstreamFramingError):
 
 
 class UpstreamHTTPResponse(http.client.HTTPResponse):
+    #: The request asked to upgrade: a 101 ends the head, and the connection belongs to the new protocol.
+    switch_requested = False
+
     def __init__(self, sock, debuglevel: int = 0, method: str | None = None, url: str | None = None) -> None:
         super().__init__(sock, debuglevel, method, url)
         self._upstream_sock = sock
@@ -89,7 +93,9 @@ class UpstreamHTTPResponse(http.client.HTTPResponse):
                 if status >= 200:
                     break
                 if status == 101:
-                    raise UpstreamFramingError("101 Switching Protocols, which the gateway never asks for")
+                    if self.switch_requested:
+                        break
+                    raise UpstreamFramingError("101 Switching Protocols, which the gateway did not ask for")
             else:
                 raise UpstreamFramingError(f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses")
         finally:
@@ -140,6 +146,13 @@ class UpstreamHTTPResponse(http.client.HTTPResponse):
     def _frame(self, status: int) -> None:
         """Decide how the body is delimited (RFC 9112 §6.3), or refuse an answer whose end cannot be known."""
         msg = self.msg
+        if status == 101:
+            # The bytes after the head are the new protocol's: no body, and http.client must keep the socket.
+            self.will_close = False
+            self.chunked = False
+            self.chunk_left = None
+            self.length = 0
+            return
         has_body = not (status in (204, 304) or self._method == "HEAD")
         self.will_close = self._check_close()
         self.chunked = False

@@ -112,3 +112,80 @@ def normalize_methods(value: str) -> str:
             code="invalid_method",
         )
     return ",".join(m for m in ROUTE_METHODS if m in tokens)
+
+
+def normalize_address(value: str) -> str:
+    """A target's host:port ([v6]:port for IPv6), lower-cased; the port is required."""
+    value = (value or "").strip().lower()
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValidationError("Enter host:port, e.g. 10.0.0.5:8080 or [2001:db8::5]:8080.", code="invalid_address")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValidationError("Not an IPv6 address in brackets.", code="invalid_address") from None
+        return f"[{host}]:{int(port)}"
+    if ":" in host or not _valid_upstream_host(host):
+        raise ValidationError(
+            "The host must be a DNS name or an IP address (IPv6 in brackets).", code="invalid_address"
+        )
+    return f"{host}:{int(port)}"
+
+
+def normalize_healthy_statuses(value: str) -> str:
+    """Statuses an active health check accepts: a comma-separated list of 200-399."""
+    statuses = set()
+    for token in (t.strip() for t in (value or "").split(",")):
+        if not token:
+            continue
+        if not (token.isdigit() and len(token) == 3 and 200 <= int(token) <= 399):
+            raise ValidationError(f"{token!r} is not a status between 200 and 399.", code="invalid_status")
+        statuses.add(int(token))
+    if not statuses:
+        raise ValidationError("List at least one status, e.g. 200.", code="no_status")
+    return ",".join(str(s) for s in sorted(statuses))
+
+
+def normalize_check_path(value: str) -> str:
+    """An active health check's path: empty (no checks), or an absolute path that stays below the base path."""
+    value = (value or "").strip()
+    if not value:
+        return ""
+    path = value.partition("?")[0]
+    if not path.startswith("/") or not BASE_PATH_RE.match(path.rstrip("/") or "") or "//" in path:
+        raise ValidationError("Enter a path such as /healthz.", code="invalid_path")
+    if any(seg in (".", "..") for seg in path.split("/")) or "#" in value:
+        raise ValidationError("The path cannot hold '.' or '..' segments or a fragment.", code="invalid_path")
+    return value
+
+
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,99}$")
+
+
+def normalize_header_name(value: str) -> str:
+    """A header name of letters, digits and '-', as typed; '' for none."""
+    value = (value or "").strip()
+    if value and not _HEADER_NAME_RE.match(value):
+        raise ValidationError("A header name of letters, digits and '-', e.g. X-Request-Timeout-Ms.", code="header")
+    return value
+
+
+#: Tokens a route may allow in Upgrade (RFC 9110 §7.8): a token, optionally /version.
+_PROTOCOL_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+(/[a-z0-9!#$%&'*+.^_`|~-]+)?$")
+
+
+def normalize_upgrade_protocols(value: str) -> str:
+    """A comma-separated, lower-case, sorted list of upgrade protocols; '' for none.
+
+    `h2c` is refused: an upgrade to cleartext HTTP/2 through a proxy lets a client send requests the gateway never
+    sees (h2c smuggling), and the gateway speaks HTTP/1.1 to upstreams anyway.
+    """
+    tokens = {t.strip().lower() for t in (value or "").split(",") if t.strip()}
+    bad = sorted(t for t in tokens if not _PROTOCOL_RE.match(t))
+    if bad:
+        raise ValidationError(f"Not a protocol token: {', '.join(bad)}.", code="invalid_protocol")
+    if any(t.split("/")[0] == "h2c" for t in tokens):
+        raise ValidationError("h2c cannot be proxied as an upgrade (it would hide requests from the gateway).")
+    return ",".join(sorted(tokens))

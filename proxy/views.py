@@ -8,6 +8,7 @@ its connection returned to the pool at once; anything else streams.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import time
 
@@ -17,10 +18,12 @@ from urllib3.exceptions import HTTPError
 
 from gateway_project import metrics
 from gateway_project.responses import json_error
-from proxy import forwarding, headers
+from proxy import forwarding, headers, upgrade
 from proxy.client_body import ClientBodyTimeout, TimedInput
 from proxy.disconnect import gone_check
 from proxy.forwarding import BodyTooLarge, ClientBodyError, ClientGone, UpstreamFailed
+from proxy.routing import KEYED_METHODS
+from proxy.upstream_response import HEADER_DEADLINE, HeaderDeadline
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +53,11 @@ class UpstreamStreamingResponse(_UpstreamHeaders, StreamingHttpResponse):
 class UpstreamBody:
     """Iterates the upstream body without decoding it; returns or closes the connection when done."""
 
-    __slots__ = ("complete", "response", "sent")
+    __slots__ = ("complete", "on_close", "response", "sent")
 
-    def __init__(self, response) -> None:
+    def __init__(self, response, on_close) -> None:
         self.response = response
+        self.on_close = on_close
         self.complete = False
         self.sent = 0
 
@@ -73,19 +77,30 @@ class UpstreamBody:
             # The client went away or the upstream broke off: this connection cannot be reused.
             response.close()
         response.release_conn()
+        self.on_close()
 
 
 class ProxyView:
     """The end of the gateway pipeline, built once per worker with its settings."""
 
     def __init__(
-        self, *, retry_buffer: int, via: str, consumer_header: str, body_timeout: float, body_min_rate: float
+        self,
+        *,
+        retry_buffer: int,
+        via: str,
+        consumer_header: str,
+        body_timeout: float,
+        body_min_rate: float,
+        upgrade_idle: float = 300.0,
+        upgrade_limit: int = 500,
     ) -> None:
         self.retry_buffer = retry_buffer
         self.via = via
         self.consumer_header = consumer_header
         self.body_timeout = body_timeout
         self.body_min_rate = body_min_rate
+        self.upgrade_idle = upgrade_idle
+        self.upgrade_slots = upgrade.Slots(upgrade_limit)
 
     @classmethod
     def from_settings(cls) -> ProxyView:
@@ -95,6 +110,8 @@ class ProxyView:
             consumer_header=settings.GATEWAY_CONSUMER_HEADER,
             body_timeout=settings.GATEWAY_CLIENT_BODY_TIMEOUT,
             body_min_rate=settings.GATEWAY_CLIENT_BODY_MIN_RATE,
+            upgrade_idle=settings.GATEWAY_UPGRADE_IDLE_TIMEOUT,
+            upgrade_limit=settings.GATEWAY_UPGRADE_MAX_CONNECTIONS,
         )
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
@@ -103,6 +120,18 @@ class ProxyView:
         upstream = route.upstream
         if not upstream.enabled:
             return json_error(request, 503, "upstream_disabled", "This upstream is disabled.", upstream=upstream.name)
+        if not upstream.targets:
+            return json_error(
+                request, 503, "no_target", "Every target of this upstream is disabled.", upstream=upstream.name
+            )
+        environ = request.environ
+        deadline = None
+        if route.deadline_key is not None:
+            deadline = _client_deadline(environ.get(route.deadline_key))
+        if route.upgrade_protocols:
+            protocol = upgrade.requested_protocol(environ)
+            if protocol is not None and upgrade.allowed(protocol, route.upgrade_protocols):
+                return self._upgrade(request, ctx, route, deadline)
 
         try:
             body, replayable, chunked = self._request_body(request, ctx, route.max_body_bytes)
@@ -120,21 +149,9 @@ class ProxyView:
         url = route.forward_path(target.raw_path)
         if target.query:
             url = f"{url}?{target.query}"
-        consumer = ctx.consumer
-        upstream_headers = headers.upstream_request_headers(
-            request.environ,
-            drop=route.drop_keys,
-            host_header=upstream.host_header,
-            client_ip=ctx.client_ip,
-            peer_trusted=ctx.peer_trusted,
-            scheme=request.environ.get("wsgi.url_scheme", "http"),
-            request_id=ctx.id,
-            via=self.via,
-            prefix=route.prefix if route.strip_prefix and route.depth else None,
-            consumer=(self.consumer_header, consumer.name) if consumer is not None else None,
-        )
+        upstream_headers = self._headers(request, ctx, route)
         if not replayable and not chunked:
-            upstream_headers["Content-Length"] = request.environ["CONTENT_LENGTH"]
+            upstream_headers["Content-Length"] = environ["CONTENT_LENGTH"]
 
         started = time.perf_counter()
         try:
@@ -147,18 +164,27 @@ class ProxyView:
                 replayable=replayable,
                 chunked=chunked,
                 observer=ctx.attempt_observer,
-                client_gone=gone_check(request.environ),
+                client_gone=gone_check(environ),
+                idempotency_key=route.retry_idempotency_key
+                and request.method in KEYED_METHODS
+                and bool(environ.get("HTTP_IDEMPOTENCY_KEY")),
+                deadline=deadline,
+                deadline_header=route.deadline_header,
             )
         except ClientGone as exc:
             elapsed = ctx.timings["upstream"] = time.perf_counter() - started
             metrics.observe_upstream(upstream=upstream.name, seconds=elapsed, retry_reasons=exc.retry_reasons)
-            ctx.log.update(retries=exc.retries, upstream_ms=round(elapsed * 1000, 3), client_error=str(exc))
+            ctx.log.update(
+                retries=exc.retries, upstream_ms=round(elapsed * 1000, 3), client_error=str(exc), target=exc.target
+            )
             # nginx's 499 "client closed request": for the access log and metrics; the client reads nothing.
             return json_error(request, 499, "client_closed_request", "The client closed its connection.")
         except UpstreamFailed as exc:
             elapsed = ctx.timings["upstream"] = time.perf_counter() - started
             metrics.observe_upstream(upstream=upstream.name, seconds=elapsed, retry_reasons=exc.retry_reasons)
-            ctx.log.update(retries=exc.retries, upstream_ms=round(elapsed * 1000, 3), upstream_error=str(exc))
+            ctx.log.update(
+                retries=exc.retries, upstream_ms=round(elapsed * 1000, 3), upstream_error=str(exc), target=exc.target
+            )
             if exc.timeout:
                 return json_error(
                     request, 504, "upstream_timeout", "The upstream did not answer in time.", upstream=upstream.name
@@ -176,8 +202,113 @@ class ProxyView:
 
         elapsed = ctx.timings["upstream"] = exchange.upstream_seconds
         metrics.observe_upstream(upstream=upstream.name, seconds=elapsed, retry_reasons=exchange.retry_reasons)
-        ctx.log.update(retries=exchange.retries, upstream_ms=round(elapsed * 1000, 3))
-        return _relay(request, ctx, exchange.response)
+        ctx.log.update(retries=exchange.retries, upstream_ms=round(elapsed * 1000, 3), target=exchange.target.address)
+        return _relay(request, ctx, exchange.response, exchange.finish)
+
+    def _headers(self, request: HttpRequest, ctx, route) -> dict[str, str]:
+        consumer = ctx.consumer
+        return headers.upstream_request_headers(
+            request.environ,
+            drop=route.drop_keys,
+            host_header=route.upstream.host_header,
+            client_ip=ctx.client_ip,
+            peer_trusted=ctx.peer_trusted,
+            scheme=request.environ.get("wsgi.url_scheme", "http"),
+            request_id=ctx.id,
+            via=self.via,
+            prefix=route.prefix if route.strip_prefix and route.depth else None,
+            consumer=(self.consumer_header, consumer.name) if consumer is not None else None,
+        )
+
+    def _upgrade(self, request: HttpRequest, ctx, route, deadline: float | None) -> HttpResponseBase:
+        """Send an upgrade request to one target; relay its 101 as an UpgradedResponse, or its refusal."""
+        environ = request.environ
+        upstream = route.upstream
+        if environ.get("SERVER_PROTOCOL") != "HTTP/1.1" or "gunicorn.socket" not in environ:
+            return json_error(request, 400, "bad_upgrade", "Upgrades need HTTP/1.1.")
+        if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or environ.get("HTTP_TRANSFER_ENCODING"):
+            return json_error(request, 400, "bad_upgrade", "An upgrade request cannot carry a body.")
+        if not self.upgrade_slots.take():
+            metrics.child(metrics.upgrades_refused, route.name).inc()
+            return json_error(
+                request, 503, "too_many_upgrades", "The gateway holds too many upgraded connections.", retry_after=1
+            )
+        target = upstream.balancer.pick(time.monotonic())
+        ctx.log["target"] = target.address
+        url = route.forward_path(ctx.target.raw_path)
+        if ctx.target.query:
+            url = f"{url}?{ctx.target.query}"
+        upstream_headers = self._headers(request, ctx, route)
+        # The one exception to the hop-by-hop rule: the handshake's own Connection and Upgrade.
+        upstream_headers["Connection"] = "Upgrade"
+        upstream_headers["Upgrade"] = environ["HTTP_UPGRADE"]
+        allowed = upstream.deadline if deadline is None else min(deadline, upstream.deadline)
+        if route.deadline_header is not None:
+            upstream_headers[route.deadline_header] = str(int(allowed * 1000))
+        conn = upgrade.connect(upstream, target, min(upstream.connect_timeout, allowed))
+        observer = ctx.attempt_observer
+        started = time.perf_counter()
+        token = HEADER_DEADLINE.set(HeaderDeadline(time.monotonic() + allowed))
+        try:
+            conn.request(request.method, url, headers=upstream_headers, preload_content=False, decode_content=False)
+            conn.sock.settimeout(min(upstream.read_timeout, allowed))
+            response = conn.getresponse()
+        except (HTTPError, OSError, http.client.HTTPException) as error:
+            # urllib3 wraps connecting; writing the request and reading the head raise OSErrors and http.client's
+            # own exceptions (a refused 101, a head cut off) as they are.
+            conn.close()
+            self.upgrade_slots.give_back()
+            elapsed = ctx.timings["upstream"] = time.perf_counter() - started
+            forwarding.attempted(upstream, target, forwarding.reason_of(error), failed=True, now=time.monotonic())
+            if observer is not None:
+                observer.attempt_finished(status=None, error=error, elapsed=elapsed)
+            ctx.log.update(upstream_ms=round(elapsed * 1000, 3), upstream_error=str(error))
+            if forwarding.is_timeout(error) or isinstance(error, TimeoutError):
+                return json_error(
+                    request, 504, "upstream_timeout", "The upstream did not answer in time.", upstream=upstream.name
+                )
+            return json_error(
+                request, 502, "upstream_unavailable", "The upstream could not be reached.", upstream=upstream.name
+            )
+        finally:
+            HEADER_DEADLINE.reset(token)
+        elapsed = ctx.timings["upstream"] = time.perf_counter() - started
+        status = response.status
+        forwarding.attempted(
+            upstream, target, status, failed=status in upstream.balancer.policy.statuses, now=time.monotonic()
+        )
+        if observer is not None:
+            observer.attempt_finished(status=status, error=None, elapsed=elapsed)
+        metrics.observe_upstream(upstream=upstream.name, seconds=elapsed, retry_reasons=[])
+        ctx.log["upstream_ms"] = round(elapsed * 1000, 3)
+        switched_to = (response.headers.get("Upgrade") or "").split(",")[0].strip().lower()
+        if status != 101:
+            self.upgrade_slots.give_back()
+            response._connection = conn  # closed with the response: never pooled
+            return _relay(request, ctx, response, conn.close)
+        if not switched_to or not upgrade.allowed(switched_to, route.upgrade_protocols):
+            conn.close()
+            self.upgrade_slots.give_back()
+            ctx.log["upstream_error"] = f"101 to {switched_to or 'nothing'}, which the client did not ask for"
+            return json_error(
+                request, 502, "upstream_unavailable", "The upstream switched to a protocol nobody asked for."
+            )
+        tunnel = upgrade.Tunnel(self.upgrade_idle)
+        relayed = upgrade.UpgradedResponse(
+            reason=response.reason or "Switching Protocols",
+            ctx=ctx,
+            conn=conn,
+            leftover=upgrade.buffered(response._fp.fp, conn.sock),
+            tunnel=tunnel,
+            slots=self.upgrade_slots,
+        )
+        relayed.upstream_headers = [
+            ("Connection", "Upgrade"),
+            ("Upgrade", response.headers["Upgrade"]),
+            *headers.client_response_headers(response.headers),
+        ]
+        ctx.body = tunnel
+        return relayed
 
     def _request_body(self, request: HttpRequest, ctx, limit: int):
         """(body, replayable, chunked) for urllib3, or an error response for a body we will not forward."""
@@ -211,6 +342,13 @@ class ProxyView:
 
     def _timed_input(self, environ: dict) -> TimedInput:
         return TimedInput(environ, idle=self.body_timeout, min_rate=self.body_min_rate)
+
+
+def _client_deadline(value: str | None) -> float | None:
+    """A client's own deadline, in the route's deadline header (milliseconds); None when absent or not a number."""
+    if value and value.isascii() and value.isdigit() and len(value) <= 10:
+        return int(value) / 1000
+    return None
 
 
 def _body_timeout(request: HttpRequest, ctx, exc: ClientBodyTimeout) -> HttpResponse:
@@ -272,7 +410,8 @@ def _stream_chunked(ctx, stream, head: bytes, limit: int):
         yield data
 
 
-def _relay(request: HttpRequest, ctx, upstream_response) -> HttpResponseBase:
+def _relay(request: HttpRequest, ctx, upstream_response, on_close) -> HttpResponseBase:
+    """The upstream's answer as the client's response; `on_close` runs once the upstream response is done with."""
     status = upstream_response.status
     lines = headers.client_response_headers(upstream_response.headers)
     length = upstream_response.length_remaining
@@ -286,6 +425,7 @@ def _relay(request: HttpRequest, ctx, upstream_response) -> HttpResponseBase:
         except (HTTPError, OSError):
             upstream_response.close()
             upstream_response.release_conn()
+            on_close()
             logger.warning("upstream response broke off", exc_info=True)
             return json_error(
                 request,
@@ -295,9 +435,10 @@ def _relay(request: HttpRequest, ctx, upstream_response) -> HttpResponseBase:
                 upstream=ctx.route.upstream.name,
             )
         upstream_response.release_conn()
+        on_close()
         response: HttpResponseBase = UpstreamResponse(content, status=status, reason=upstream_response.reason)
     else:
-        body = UpstreamBody(upstream_response)
+        body = UpstreamBody(upstream_response, on_close)
         response = UpstreamStreamingResponse(body, status=status, reason=upstream_response.reason)
         ctx.body = body
     del response.headers["Content-Type"]

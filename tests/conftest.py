@@ -14,14 +14,19 @@ from tests.support.upstream import Upstream
 
 #: Fixtures that start gunicorn: a test using one is marked `e2e` (see pytest_collection_modifyitems).
 GUNICORN_FIXTURES = frozenset({"gateway", "four_workers", "own_gateway", "live", "gw4", "gw"})
+DATABASE_FIXTURES = frozenset({"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback"})
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Mark the tests that run a gunicorn gateway `e2e`, so `make test` can leave out of its PostgreSQL pass
-    the ones whose behaviour does not depend on the database engine (they are not also marked `postgres`)."""
+    """Mark the tests that run a gunicorn gateway `e2e`, and those that use the database `database`, so that
+    `make test`'s PostgreSQL pass runs what can differ by engine: the in-process tests that touch the database
+    (and those marked `postgres`), not the gunicorn tests nor the pure logic ones."""
     for item in items:
-        if GUNICORN_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if GUNICORN_FIXTURES & fixtures:
             item.add_marker(pytest.mark.e2e)
+        if DATABASE_FIXTURES & fixtures or item.get_closest_marker("django_db"):
+            item.add_marker(pytest.mark.database)
 
 
 @pytest.fixture(scope="session")

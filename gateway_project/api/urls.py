@@ -12,7 +12,8 @@ from gateway_project.api import views
 # SimpleRouter: no format-suffix routes, since object names may hold dots (api.v2).
 router = SimpleRouter()
 for prefix, viewset in registry.api_viewsets:
-    router.register(prefix, viewset, basename=prefix)
+    # A viewset below another object's URL (a regular expression in its prefix) names its routes itself.
+    router.register(prefix, viewset, basename=getattr(viewset, "basename", prefix))
 router.register("audit", views.AuditViewSet, basename="audit")
 
 urlpatterns = [

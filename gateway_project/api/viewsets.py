@@ -53,7 +53,7 @@ class ServiceViewSet(viewsets.ModelViewSet):
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
         if self.action in ("retrieve", "update", "partial_update", "create") and response.status_code < 300:
-            obj = self.queryset.model._default_manager.filter(**{self.lookup_field: response.data.get("name")}).first()
+            obj = self.get_queryset().filter(**{self.lookup_field: response.data.get(self.lookup_field)}).first()
             if obj is not None:
                 response["ETag"] = f'"{changes.etag(obj)}"'
         return response

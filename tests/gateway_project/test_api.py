@@ -350,3 +350,32 @@ def test_status_and_schema(ops):
 def test_actors_are_named_by_how_they_came_in():
     assert Actor.cli().name.startswith("cli:")
     assert Actor.cli().via == "cli"
+
+
+def test_an_upstreams_targets_are_listed_added_changed_and_removed_each_audited(ops):
+    make_upstream("orders", "http://orders.internal")
+    assert ops.get("/upstreams/orders/targets/").json() == []
+    created = ops.post("/upstreams/orders/targets/", {"address": "10.0.0.1:8080", "weight": 70})
+    assert created.status_code == 201, created.json()
+    assert ops.post("/upstreams/orders/targets/", {"address": "10.0.0.2:8080"}).status_code == 201
+    assert ops.get("/upstreams/orders/").json()["targets"] == ["10.0.0.1:8080", "10.0.0.2:8080"]
+    one = ops.get("/upstreams/orders/targets/10.0.0.2:8080/")
+    assert one.json() == {"address": "10.0.0.2:8080", "weight": 100, "enabled": True}
+    drained = ops.patch("/upstreams/orders/targets/10.0.0.2:8080/", {"enabled": False}, HTTP_IF_MATCH=one["ETag"])
+    assert drained.status_code == 200
+    stale = ops.patch("/upstreams/orders/targets/10.0.0.2:8080/", {"weight": 5}, HTTP_IF_MATCH=one["ETag"])
+    assert stale.status_code == 412
+    assert ops.delete("/upstreams/orders/targets/10.0.0.1:8080/").status_code == 204
+    assert [t["address"] for t in ops.get("/upstreams/orders/targets/").json()] == ["10.0.0.2:8080"]
+
+    refused = ops.post("/upstreams/orders/targets/", {"address": "10.0.0.3"})
+    assert refused.status_code == 400, refused.json()
+    assert "address" in refused.json()["fields"], refused.json()
+    assert ops.get("/upstreams/nope/targets/").status_code == 404
+    trail = AuditEntry.objects.filter(object_type="target").order_by("id")
+    assert [(e.action, e.object_name, e.via) for e in trail] == [
+        ("create", "orders 10.0.0.1:8080", "api"),
+        ("create", "orders 10.0.0.2:8080", "api"),
+        ("update", "orders 10.0.0.2:8080", "api"),
+        ("delete", "orders 10.0.0.1:8080", "api"),
+    ]

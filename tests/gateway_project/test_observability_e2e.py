@@ -11,12 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from limits.models import RateLimitPolicy
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.gateways import start_gateway, talking_to
-from tests.support.metrics import client_driven
+from tests.support.metrics import client_driven, scrape, total
 from tests.support.servers import wait_until
 
 
@@ -39,23 +38,6 @@ def gw(four_workers, transactional_db, upstream):
         make_route("api", "/api", make_upstream("backend", upstream.url, max_retries=1, backoff_factor=0))
         serve(four_workers)
         yield four_workers
-
-
-def scrape(gateway) -> dict[tuple[str, tuple], float]:
-    text = requests.get(gateway.url("/metrics"), timeout=10).text
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def total(samples, name: str, **labels) -> float:
-    return sum(
-        value
-        for (sample, sample_labels), value in samples.items()
-        if sample == name and all(dict(sample_labels).get(k) == v for k, v in labels.items())
-    )
 
 
 def fresh(gateway, path: str, **kwargs) -> requests.Response:

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from breakers.models import BreakerConfig
+from proxy.models import Target
 from tests.support.admin import login
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.gateways import start_gateway, talking_to
@@ -60,8 +61,31 @@ def test_an_operator_adds_a_route_in_the_admin_and_calls_it(proxied, upstream):
         "/admin/proxy/upstream/add/",
         {
             "name": "orders",
-            "base_url": upstream.url + "/v1/",
+            # The base URL names the service (scheme, Host header, base path); the target is where it runs.
+            "base_url": "http://orders.internal/v1/",
             "enabled": "on",
+            "balancing": "round_robin",
+            "retry_budget_percent": "20",
+            "retry_budget_min": "3",
+            "eject_consecutive_failures": "5",
+            "eject_on_statuses": "502,503,504",
+            "eject_seconds": "30",
+            "eject_max_seconds": "300",
+            "eject_max_percent": "10",
+            "health_check_path": "",
+            "health_check_interval": "10",
+            "health_check_timeout": "2",
+            "health_check_statuses": "200",
+            "healthy_threshold": "2",
+            "unhealthy_threshold": "3",
+            # The targets inline, one row filled in.
+            "targets-TOTAL_FORMS": "1",
+            "targets-INITIAL_FORMS": "0",
+            "targets-MIN_NUM_FORMS": "0",
+            "targets-MAX_NUM_FORMS": "1000",
+            "targets-0-address": f"127.0.0.1:{upstream.port}",
+            "targets-0-weight": "100",
+            "targets-0-enabled": "on",
             "connect_timeout": "2",
             "read_timeout": "30",
             "deadline": "60",
@@ -90,6 +114,9 @@ def test_an_operator_adds_a_route_in_the_admin_and_calls_it(proxied, upstream):
     assert response.status_code == 200
     assert "was added successfully" in response.text
     assert BreakerConfig.objects.get(upstream__name="orders").consecutive_failures == 3
+    assert [(t.address, t.weight) for t in Target.objects.filter(upstream__name="orders")] == [
+        (f"127.0.0.1:{upstream.port}", 100)
+    ]
     upstream_id = re.search(r"/admin/proxy/upstream/(\d+)/change/", response.text).group(1)
 
     bad = admin_post(
@@ -119,12 +146,13 @@ def test_an_operator_adds_a_route_in_the_admin_and_calls_it(proxied, upstream):
     route_id = re.search(r"/admin/proxy/route/(\d+)/change/", response.text).group(1)
 
     page = session.get(proxied.url(f"/admin/proxy/route/{route_id}/change/"), timeout=10).text
-    assert f"{upstream.url}/v1/example/path?q=1" in page
+    assert "http://orders.internal/v1/example/path?q=1" in page
 
     time.sleep(max(0.0, saved + 1.0 - time.monotonic()))
     answer = requests.get(proxied.url("/orders/42?x=1"), timeout=10)
     assert answer.status_code == 200
     assert answer.json()["path"] == "/v1/42?x=1"
+    assert upstream.received[-1].header("Host") == "orders.internal"
     assert requests.delete(proxied.url("/orders/42"), timeout=10).status_code == 405
 
 

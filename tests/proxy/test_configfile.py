@@ -633,3 +633,123 @@ def test_dry_run_shows_old_and_new_values_in_the_documents_terms(seeded, tmp_pat
         "      upstream: orders → spare",
         "Dry run: 2 change(s) would be applied; nothing was changed.",
     ]
+
+
+# targets, balancing, health and the new route options
+
+
+def test_an_upstream_with_only_a_base_url_exports_exactly_as_before():
+    make_route("plain", "/plain", make_upstream("plain", "http://plain.internal:8080/v1"))
+    document = configfile.export_document()
+    (upstream,) = document["upstreams"]
+    assert list(upstream) == [
+        "name",
+        "base_url",
+        "connect_timeout",
+        "read_timeout",
+        "deadline",
+        "max_retries",
+        "backoff_factor",
+        "backoff_max",
+        "backoff_jitter",
+        "tls_verify",
+        "enabled",
+        "retry_on_statuses",
+        "breaker",
+    ]
+    (route,) = document["routes"]
+    assert "retry_idempotency_key" not in route
+    assert "deadline_header" not in route
+    assert "upgrade_protocols" not in route
+    # And a document written before targets existed imports as no change.
+    assert configfile.plan(document).changes == []
+
+
+def test_targets_and_the_new_settings_round_trip():
+    document = {
+        "version": 1,
+        "upstreams": [
+            upstream_item(
+                "orders",
+                "http://orders.internal/v1",
+                balancing="least_requests",
+                targets=[
+                    {"address": "10.0.0.2:8080", "weight": 30},
+                    {"address": "10.0.0.1:8080", "weight": 70, "enabled": False},
+                ],
+                ejection={"consecutive_failures": 3, "seconds": 5, "statuses": [503, 502]},
+                health_check={"path": "/healthz", "interval": 2, "statuses": [200, 204]},
+                retry_budget={"percent": 10, "min_retries": 1},
+            )
+        ],
+        "routes": [
+            route_item(
+                "orders",
+                "/orders",
+                "orders",
+                retry_idempotency_key=True,
+                deadline_header="X-Deadline-Ms",
+                upgrade_protocols=["WebSocket"],
+            )
+        ],
+    }
+    assert import_and_apply(document) == ["create upstream 'orders'", "create route 'orders'"]
+    upstream = Upstream.objects.get(name="orders")
+    assert [(t.address, t.weight, t.enabled) for t in upstream.targets.order_by("address")] == [
+        ("10.0.0.1:8080", 70, False),
+        ("10.0.0.2:8080", 30, True),
+    ]
+    exported = configfile.export_document()
+    item = exported["upstreams"][0]
+    assert item["targets"][0] == {"address": "10.0.0.1:8080", "weight": 70, "enabled": False}
+    assert item["ejection"] == {
+        "consecutive_failures": 3,
+        "seconds": 5.0,
+        "max_seconds": 300.0,
+        "max_percent": 10,
+        "statuses": [502, 503],
+    }
+    assert item["health_check"]["statuses"] == [200, 204]
+    assert item["retry_budget"] == {"percent": 10, "min_retries": 1}
+    assert exported["routes"][0]["upgrade_protocols"] == ["websocket"]
+    assert_round_trip_is_a_no_op("yaml")
+
+    # Changing a target's weight, removing one and adding another is one update of the upstream.
+    item["targets"] = [{"address": "10.0.0.1:8080", "weight": 70, "enabled": True}, {"address": "10.0.0.3:80"}]
+    assert import_and_apply(exported) == ["update upstream 'orders': targets"]
+    assert sorted(upstream.targets.values_list("address", "weight", "enabled")) == [
+        ("10.0.0.1:8080", 70, True),
+        ("10.0.0.3:80", 100, True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"targets": [{"address": "10.0.0.1"}]}, "upstreams[0] (u).targets[0].address: Enter host:port"),
+        (
+            {"targets": [{"address": "a:1"}, {"address": "A:1"}]},
+            "upstreams[0] (u).targets[1].address: a:1 appears twice",
+        ),
+        ({"targets": [{"address": "a:1", "weight": 0}]}, "upstreams[0] (u).targets[0].weight: Ensure this value"),
+        ({"targets": [{"address": "a:1", "port": 1}]}, "upstreams[0] (u).targets[0].port: unknown field"),
+        ({"balancing": "random"}, "upstreams[0] (u).balancing: must be one of round_robin, least_requests"),
+        ({"ejection": {"statuses": [200]}}, "upstreams[0] (u).ejection.statuses: '200' is not an HTTP status"),
+        ({"health_check": {"path": "healthz"}}, "upstreams[0] (u).health_check.path: Enter a path"),
+        ({"retry_budget": {"percent": 101}}, "upstreams[0] (u).retry_budget.percent: Ensure this value"),
+    ],
+)
+def test_problems_in_the_new_upstream_settings_are_located(fields, problem):
+    problems = problems_of({"version": 1, "upstreams": [upstream_item("u", **fields)]})
+    assert any(p.startswith(problem) for p in problems), problems
+
+
+def test_h2c_cannot_be_an_upgrade_protocol():
+    problems = problems_of(
+        {
+            "version": 1,
+            "upstreams": [upstream_item("u")],
+            "routes": [route_item("r", "/r", "u", upgrade_protocols=["h2c"])],
+        }
+    )
+    assert any("h2c cannot be proxied" in p for p in problems), problems

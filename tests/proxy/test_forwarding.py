@@ -10,11 +10,27 @@ import pytest
 from urllib3.exceptions import ConnectTimeoutError
 from urllib3.util import Retry
 
-from proxy import forwarding
+from gateway_project import metrics
+from proxy import balancing, budget, forwarding
 from proxy.forwarding import UpstreamFailed
-from proxy.models import Upstream
+from proxy.models import Target, Upstream
 from proxy.routing import compile_upstream
 from tests.support.servers import free_port
+from tests.support.upstream import Upstream as RecordingUpstream
+
+
+@pytest.fixture(autouse=True)
+def fresh_worker_state():
+    """Each test starts as a fresh worker: no target health, no spent retry budget."""
+    balancing._states.clear()
+    budget._budgets.clear()
+
+
+@pytest.fixture
+def second_upstream():
+    server = RecordingUpstream().start()
+    yield server
+    server.stop()
 
 
 class Clock:
@@ -44,23 +60,26 @@ class Observer:
         return self.stop_after is None or len(self.attempts) < self.stop_after
 
 
-def target(base_url: str, **fields):
+def target(base_url: str, targets=(), **fields):
+    """A compiled upstream; `targets` are (base URL or host:port, weight) of its Target rows."""
     defaults = {"max_retries": 2, "backoff_factor": 0.5, "backoff_jitter": 0.0, "backoff_max": 10.0}
-    return compile_upstream(Upstream(id=1, name="up", base_url=base_url, **{**defaults, **fields}))
+    rows = [Target(address=address.removeprefix("http://"), weight=weight) for address, weight in targets]
+    return compile_upstream(Upstream(id=1, name="up", base_url=base_url, **{**defaults, **fields}), rows)
 
 
-def send(up, method="GET", path="/x", *, body=None, replayable=True, clock=None, observer=None):
+def send(up, method="GET", path="/x", *, body=None, replayable=True, clock=None, observer=None, headers=None, **kw):
     clock = clock or Clock()
     return forwarding.send(
         up,
         method,
         path,
-        {"Host": "upstream"},
+        {"Host": "upstream"} if headers is None else headers,
         body,
         replayable=replayable,
         observer=observer,
         sleep=clock.sleep,
         clock=clock,
+        **kw,
     )
 
 
@@ -183,3 +202,116 @@ def test_the_policy_is_urllib3_retry_built_once_per_upstream():
     assert isinstance(up.retry, Retry)
     assert up.retry.status_forcelist == {502, 503, 504}
     assert target("http://127.0.0.1:9").retry is not up.retry  # one per compiled upstream, not shared state
+
+
+def done(exchange) -> None:
+    """What the view does with a relayed response: read it, give the connection back, finish the exchange."""
+    exchange.response.read()
+    exchange.response.release_conn()
+    exchange.finish()
+
+
+# Several targets
+
+
+def test_a_retry_goes_to_another_target(upstream, second_upstream):
+    upstream.queue(503)
+    up = target("http://service.internal", [(upstream.url, 1), (second_upstream.url, 1)])
+    exchange = send(up)
+    assert exchange.response.status == 200
+    assert exchange.retry_reasons == ["status_503"]
+    assert exchange.target.address == f"127.0.0.1:{second_upstream.port}"
+    assert len(upstream.received) == len(second_upstream.received) == 1
+    # The Host is the service's (the base URL's), whichever target serves it.
+    assert second_upstream.received[0].header("Host") == "upstream"
+    done(exchange)
+
+
+def test_a_dead_target_is_retried_elsewhere_then_ejected(upstream):
+    dead = f"127.0.0.1:{free_port()}"
+    up = target("http://service.internal", [(dead, 1), (upstream.url, 1)], eject_consecutive_failures=2)
+    dead_target = next(t for t in up.targets if t.address == dead)
+    for _ in range(6):
+        exchange = send(up)
+        assert exchange.response.status == 200
+        done(exchange)
+    # Round robin sent the first and third request's first attempt to the dead target; the second failure in a
+    # row ejected it, so nothing after that tried it.
+    assert dead_target.state.total_ejections == 1
+    assert dead_target.state.ejected_until > 100.0
+    assert len(upstream.received) == 6
+    assert metrics.target_ejections.labels("up", dead)._value.get() >= 1
+
+
+def test_each_attempt_is_counted_per_target_and_outcome(upstream, second_upstream):
+    upstream.queue(503)
+    up = target("http://service.internal", [(upstream.url, 1), (second_upstream.url, 1)])
+    first, second = (f"127.0.0.1:{s.port}" for s in (upstream, second_upstream))
+    before = [metrics.upstream_attempts.labels("up", first, "503")._value.get()]
+    before.append(metrics.upstream_attempts.labels("up", second, "200")._value.get())
+    exchange = send(up)
+    done(exchange)
+    assert metrics.upstream_attempts.labels("up", first, "503")._value.get() == before[0] + 1
+    assert metrics.upstream_attempts.labels("up", second, "200")._value.get() == before[1] + 1
+
+
+def test_an_exchange_counts_as_unfinished_until_the_response_is_done(upstream):
+    up = target(upstream.url)
+    exchange = send(up)
+    assert exchange.target.state.outstanding == 1
+    done(exchange)
+    exchange.finish()
+    assert exchange.target.state.outstanding == 0
+
+
+# The retry budget
+
+
+def test_a_spent_retry_budget_ends_the_retries_and_is_counted(upstream):
+    upstream.behave(status=503)
+    up = target(upstream.url, max_retries=5, retry_budget_percent=0, retry_budget_min=2)
+    exhausted = metrics.retry_budget_exhausted_total.labels("up")._value.get()
+    first = send(up)
+    assert first.retry_reasons == ["status_503", "status_503"]  # the minimum, then the budget is spent
+    done(first)
+    second = send(up)
+    assert second.retry_reasons == []
+    done(second)
+    assert len(upstream.received) == 4
+    assert metrics.retry_budget_exhausted_total.labels("up")._value.get() == exhausted + 2
+
+
+# Idempotency-Key
+
+
+@pytest.mark.parametrize(("method", "key", "attempts"), [("POST", True, 3), ("PATCH", True, 3), ("POST", False, 1)])
+def test_a_post_or_patch_is_retried_only_with_an_idempotency_key(upstream, method, key, attempts):
+    upstream.queue(503, 503)
+    exchange = send(target(upstream.url), method, body=b"order", idempotency_key=key)
+    assert len(upstream.received) == attempts
+    assert exchange.response.status == (200 if key else 503)
+    done(exchange)
+
+
+# Deadline header
+
+
+def test_each_attempt_is_told_the_milliseconds_left(upstream):
+    upstream.queue(503, 503)
+    up = target(upstream.url, deadline=10.0, backoff_factor=1.0)
+    headers = {"Host": "upstream"}
+    exchange = send(up, headers=headers, deadline_header="X-Timeout-Ms")
+    done(exchange)
+    # The clock moves only by the backoff waits (0 s, then 2 s).
+    assert [r.header("X-Timeout-Ms") for r in upstream.received] == ["10000", "10000", "8000"]
+
+
+def test_a_client_deadline_shortens_the_upstreams_and_a_spent_one_is_not_sent(upstream):
+    up = target(upstream.url, deadline=10.0)
+    exchange = send(up, headers={"Host": "upstream"}, deadline=2.5, deadline_header="X-Timeout-Ms")
+    done(exchange)
+    assert upstream.received[-1].header("X-Timeout-Ms") == "2500"
+    with pytest.raises(UpstreamFailed) as failed:
+        send(up, deadline=0.0, deadline_header="X-Timeout-Ms")
+    assert failed.value.timeout
+    assert len(upstream.received) == 1

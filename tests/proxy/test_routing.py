@@ -294,7 +294,9 @@ def test_compile_route_takes_depth_methods_and_the_default_body_limit(settings):
 )
 def test_compile_upstream_address(base_url, scheme, host, port, host_header, base_path):
     compiled = target(base_url)
-    assert (compiled.scheme, compiled.host, compiled.port) == (scheme, host, port)
+    (only,) = compiled.targets  # no Target rows: the base URL's own host and port
+    assert (compiled.scheme, only.host, only.port) == (scheme, host, port)
+    assert only.address == (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     assert compiled.host_header == host_header
     assert compiled.base_path == base_path
 
@@ -320,6 +322,6 @@ def test_compile_upstream_policy():
     assert compiled.retry.status_forcelist == frozenset({429, 503})
     assert "POST" not in compiled.retry.allowed_methods
     assert not compiled.retry.redirect
-    assert compiled.pool_kwargs == {"cert_reqs": "CERT_NONE", "assert_hostname": False}
-    assert target("https://orders.internal").pool_kwargs == {}
-    assert target("http://orders.internal", tls_verify=False).pool_kwargs == {}
+    assert compiled.targets[0].pool_kwargs == {"cert_reqs": "CERT_NONE", "assert_hostname": False}
+    assert target("https://orders.internal").targets[0].pool_kwargs is None
+    assert target("http://orders.internal", tls_verify=False).targets[0].pool_kwargs is None

@@ -138,3 +138,27 @@ def test_1000_requests_to_a_1_second_upstream_are_in_flight_together(live, upstr
     # Queued behind each other (gthread 2x8, say) this would take about a minute.
     assert elapsed < 4.0, f"1000 requests took {elapsed:.1f} s"
     print(f"1000 concurrent requests to a 1 s upstream: {elapsed:.2f} s wall")
+
+
+def test_server_sent_events_reach_the_client_as_each_one_is_sent(single, upstream):
+    """An event the upstream sends half a second after the previous one is at the client within milliseconds,
+    not held back until a buffer fills or the response ends."""
+    conn = http.client.HTTPConnection("127.0.0.1", single.port, timeout=10)
+    conn.request("GET", "/files/events/4/0.5", headers={"Accept": "text/event-stream"})
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.getheader("Content-Type") == "text/event-stream"
+    latencies, buffer = [], b""
+    while True:
+        chunk = response.read1(65536)
+        if not chunk:
+            break
+        arrived = time.monotonic()
+        buffer += chunk
+        while b"\n\n" in buffer:
+            event, buffer = buffer.split(b"\n\n", 1)
+            sent = float(event.split(b"data: ")[1])  # the upstream's time.monotonic(), one clock on one machine
+            latencies.append(arrived - sent)
+    conn.close()
+    assert len(latencies) == 4
+    assert max(latencies) < 0.2, latencies

@@ -129,7 +129,7 @@ def test_base_url_host_must_be_a_dns_name_or_an_ip_address(value):
 )
 def test_accepted_base_url_compiles_to_the_same_host(value, host):
     target = routing.compile_upstream(Upstream(id=1, name="x", base_url=normalize_base_url(value)))
-    assert target.host == host
+    assert target.targets[0].host == host
 
 
 def test_base_url_path_with_a_malformed_escape_is_refused():

@@ -10,6 +10,7 @@ Behaviour is chosen by the request path (anywhere in it, so a base path in front
 - .../cookies                  two Set-Cookie lines
 - .../hop                      a response with hop-by-hop and Connection-named headers
 - .../break/<n>                announce 2n bytes, send n, close
+- .../events/<n>/<seconds>     server-sent events: n events, chunked, one every <seconds> (the first at once)
 - anything else                200 with a small JSON body describing the request
 
 `queue(...)` makes the next requests answer given statuses (or "reset" to close the connection without an
@@ -129,6 +130,19 @@ class _Handler(BaseHTTPRequestHandler):
             return self._stream(int(m.group(1)), chunked=False)
         if m := re.search(r"/chunked/(\d+)", path):
             return self._stream(int(m.group(1)), chunked=True)
+        if m := re.search(r"/events/(\d+)/([0-9.]+)", path):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for index in range(int(m.group(1))):
+                if index:
+                    time.sleep(float(m.group(2)))
+                event = f"id: {index}\ndata: {time.monotonic()}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            return None
         if m := re.search(r"/break/(\d+)", path):
             n = int(m.group(1))
             self.send_response(200)
