@@ -5,6 +5,7 @@ A bad value stops start-up with ImproperlyConfigured naming the variable; nothin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -168,13 +169,15 @@ CSRF_COOKIE_HTTPONLY = True
 # The admin's cookies share an origin with every route unless GATEWAY_ADMIN_HOST separates them, so they carry
 # names no upstream uses (the proxy strips them from forwarded requests and refuses upstream Set-Cookies for
 # them: proxy/cookies.py). Over HTTPS the __Host- prefix makes browsers refuse any version of them that is not
-# Secure, host-only and Path=/ (a sibling subdomain cannot plant one); the prefix requires Path=/, and the
-# admin path scopes them over plain HTTP instead.
+# Secure, host-only and Path=/ (a sibling subdomain cannot plant one); the prefix requires Path=/. Over plain
+# HTTP their path is the narrowest one the browser still sends to both the admin and the management API (which
+# a logged-in browser uses with the same session): the admin path's and /_gateway/api's common ancestor, so
+# /_gateway with GATEWAY_ADMIN_PATH=/_gateway/admin, and / with the default /admin.
 if SESSION_COOKIE_SECURE:
     SESSION_COOKIE_NAME, CSRF_COOKIE_NAME = "__Host-gateway-session", "__Host-gateway-csrf"
 else:
     SESSION_COOKIE_NAME, CSRF_COOKIE_NAME = "gateway-session", "gateway-csrf"
-    SESSION_COOKIE_PATH = CSRF_COOKIE_PATH = _admin
+    SESSION_COOKIE_PATH = CSRF_COOKIE_PATH = os.path.commonpath([_admin, "/_gateway/api"])
 # Admin messages live in the session, not in a cookie of their own.
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 X_FRAME_OPTIONS = "DENY"

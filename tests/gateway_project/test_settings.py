@@ -154,3 +154,21 @@ def test_a_damaged_run_file_is_named(tmp_path):
     assert result.stderr.strip() == (
         f"configuration error: REDIS_ULR: line 2 of {tmp_path / conf.RUN_FILE} is not a setting of this gateway"
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"GATEWAY_SECURE_COOKIES": "0"}, "gateway-session / gateway-csrf /"),
+        ({"GATEWAY_SECURE_COOKIES": "0", "GATEWAY_ADMIN_PATH": "/_gateway/admin"}, "gateway-session /_gateway"),
+        ({"GATEWAY_SECURE_COOKIES": "1"}, "__Host-gateway-session / __Host-gateway-csrf /"),
+    ],
+)
+def test_the_admins_cookies_cover_the_admin_and_the_api_and_no_more_than_they_must(tmp_path, env, expected):
+    show = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(s.SESSION_COOKIE_NAME, s.SESSION_COOKIE_PATH, s.CSRF_COOKIE_NAME, s.CSRF_COOKIE_PATH)"
+    )
+    result = run([sys.executable, "-c", show], environment(tmp_path, **env))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(expected), result.stdout

@@ -192,3 +192,13 @@ def test_a_trusted_proxy_chain_is_extended(proxied, upstream):
     assert seen.header("X-Forwarded-For") == "198.51.100.7, 203.0.113.9, 127.0.0.1"
     assert seen.header("X-Forwarded-Proto") == "https"
     assert seen.header("X-Forwarded-Host") == "api.example.com"
+
+
+def test_a_browser_logged_into_the_admin_reads_the_api_with_the_same_session(proxied):
+    """The session cookie's path covers the API too: a cookie jar that honours Path, as browsers do, sends it."""
+    session = login(proxied, "10.1.2.3")
+    cookie = next(c for c in session.cookies if c.name == "gateway-session")
+    assert cookie.path == "/"
+    assert session.get(proxied.url("/_gateway/api/v1/upstreams/"), timeout=10).status_code == 200
+    anonymous = requests.get(proxied.url("/_gateway/api/v1/upstreams/"), headers={"X-Forwarded-For": "10.1.2.3"})
+    assert anonymous.status_code in (401, 403)
