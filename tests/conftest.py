@@ -18,12 +18,13 @@ DATABASE_FIXTURES = frozenset({"db", "transactional_db", "django_db_reset_sequen
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Mark the tests that run a gunicorn gateway `e2e`, and those that use the database `database`, so that
-    `make test`'s PostgreSQL pass runs what can differ by engine: the in-process tests that touch the database
-    (and those marked `postgres`), not the gunicorn tests nor the pure logic ones."""
+    """Mark the tests that run a gunicorn gateway `e2e` (the *_e2e.py modules, and any test using a shared
+    gateway fixture) and those that use the database `database`, so that `make test`'s PostgreSQL pass runs what
+    can differ by engine: the in-process tests that touch the database (and those marked `postgres`), not the
+    gunicorn tests nor the pure logic ones."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        if GUNICORN_FIXTURES & fixtures:
+        if GUNICORN_FIXTURES & fixtures or item.path.stem.endswith("_e2e"):
             item.add_marker(pytest.mark.e2e)
         if DATABASE_FIXTURES & fixtures or item.get_closest_marker("django_db"):
             item.add_marker(pytest.mark.database)
