@@ -75,10 +75,17 @@ def upstream():
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
-    """A gunicorn gateway with 2 workers, shared by the tests of one module."""
+def gateway_options() -> dict:
+    """How a module's `gateway` is started (the keywords of `start_gateway`); a module overrides this fixture to
+    run its gateway with other settings."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, redis_server, gateway_options, django_db_setup, django_db_blocker):
+    """A gunicorn gateway (2 workers unless `gateway_options` says otherwise), shared by the tests of one module."""
     with django_db_blocker.unblock():
-        gw = start_gateway(tmp_path_factory, redis_server)
+        gw = start_gateway(tmp_path_factory, redis_server, **gateway_options)
     yield gw
     gw.stop()
 

@@ -7,12 +7,10 @@ breakers.sync, which closes the database connection afterwards, and that would e
 
 from __future__ import annotations
 
-import getpass
-import io
 import json
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 from django.db import transaction
 
 from breakers import services
@@ -21,6 +19,7 @@ from breakers.policy import CLOSED, FORCED_OPEN, HALF_OPEN, NORMAL, OPEN, SHADOW
 from gateway_project.audit import Actor
 from gateway_project.models import AuditEntry
 from proxy.models import Upstream
+from tests.support.commands import CLI, command
 from tests.support.config import TEST_ACTOR, breaker_modes, breaker_op, make_upstream
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_prefix")]
@@ -47,12 +46,6 @@ def run(op: str, upstream: Upstream, extra: str, **overrides):
 
 def states() -> dict[str, str]:
     return {s.upstream: s.state for s in services.live_states()}
-
-
-def command(*args) -> str:
-    out = io.StringIO()
-    call_command(*args, stdout=out)
-    return out.getvalue()
 
 
 # live state
@@ -213,7 +206,7 @@ def test_reset_breakers_command_resets_the_named(upstreams):
     assert states() == {"alpha": CLOSED, "beta": CLOSED, "gamma": CLOSED}
     assert services.live_states(names=["beta"])[0].consecutive_failures == 2
     actors = set(BreakerTransition.objects.filter(reason__startswith="reset by").values_list("actor", flat=True))
-    assert actors == {f"cli:{getpass.getuser()}"}
+    assert actors == {CLI}
 
 
 def test_reset_breakers_command_all(upstreams):
@@ -255,8 +248,8 @@ def test_reset_breakers_says_when_the_mode_still_holds_a_breaker_open(upstreams)
     ]
     audited = AuditEntry.objects.filter(action="reset").order_by("object_name")
     assert [(e.actor, e.via, e.object_name, e.changes, e.note) for e in audited] == [
-        (f"cli:{getpass.getuser()}", "cli", "alpha", {"state": [OPEN, CLOSED]}, "mode forced_open still holds it open"),
-        (f"cli:{getpass.getuser()}", "cli", "beta", {}, ""),
+        (CLI, "cli", "alpha", {"state": [OPEN, CLOSED]}, "mode forced_open still holds it open"),
+        (CLI, "cli", "beta", {}, ""),
     ]
 
 
@@ -278,7 +271,7 @@ def test_breaker_mode_command_sets_every_mode_and_records_who(upstreams):
         (SHADOW, NORMAL),
         (NORMAL, SHADOW),
     ]
-    assert {r.actor for r in rows} == {f"cli:{getpass.getuser()}"}
+    assert {r.actor for r in rows} == {CLI}
     changes = [
         e.changes["mode"] for e in AuditEntry.objects.filter(object_type="breaker", object_name="alpha").order_by("id")
     ]

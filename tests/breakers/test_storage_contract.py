@@ -25,6 +25,7 @@ from breakers.policy import CLOSED, DISABLED, HALF_OPEN, OPEN, BreakerSettings
 from breakers.redis_storage import RedisStorage
 from breakers.storage import BreakerId, View
 from gateway_project import store
+from tests.support.config import storage_op
 
 _ids = itertools.count(1000)
 
@@ -43,17 +44,7 @@ class Breaker:
 
     def __call__(self, op: str, *, gen: int | None = None, extra: str = "", **overrides) -> View:
         policy = BreakerSettings(**{**_fields(self.policy), **overrides}) if overrides else self.policy
-        storage, ref = self.storage, self.ref
-        calls = {
-            "view": lambda: storage.view(ref, policy),
-            "acquire": lambda: storage.acquire(ref, policy),
-            "fail": lambda: storage.failed(ref, policy, gen=gen, what=extra),
-            "ok": lambda: storage.succeeded(ref, policy, gen=gen),
-            "flush": lambda: storage.flush(ref, policy, successes=int(extra or 0)),
-            "reset": lambda: storage.reset(ref, policy, actor=extra),
-            "release": lambda: storage.release(ref, policy, gen=gen),
-        }
-        return calls[op]()
+        return storage_op(self.storage, self.ref, policy, op, extra, gen=gen)
 
     @property
     def base(self) -> int:

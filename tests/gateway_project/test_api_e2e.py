@@ -9,29 +9,15 @@ from django.contrib.auth import get_user_model
 
 from gateway_project import tokens
 from tests.support.config import TEST_ACTOR, serve
-from tests.support.gateways import start_gateway, talking_to
 from tests.support.servers import wait_until
 
 OPERATOR_NETWORK = "10.1.2.3"  # the operator's address, as the trusted proxy in front reports it
 
 
 @pytest.fixture(scope="module")
-def gateway_behind_proxy(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
+def gateway_options() -> dict:
     """Trusts 127.0.0.1 as a proxy, and admits the admin and the API from 10.0.0.0/8 only."""
-    with django_db_blocker.unblock():
-        gw = start_gateway(
-            tmp_path_factory,
-            redis_server,
-            env={"GATEWAY_TRUSTED_PROXIES": "127.0.0.1", "GATEWAY_ADMIN_ALLOWED_NETWORKS": "10.0.0.0/8"},
-        )
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture
-def gw(gateway_behind_proxy, transactional_db):
-    with talking_to(gateway_behind_proxy):
-        yield gateway_behind_proxy
+    return {"env": {"GATEWAY_TRUSTED_PROXIES": "127.0.0.1", "GATEWAY_ADMIN_ALLOWED_NETWORKS": "10.0.0.0/8"}}
 
 
 class Operator:
@@ -48,10 +34,10 @@ class Operator:
         return response.json() if response.content else None
 
 
-def test_an_operators_day_through_the_api_leaves_a_trail_of_every_step(gw, upstream):
+def test_an_operators_day_through_the_api_leaves_a_trail_of_every_step(live, upstream):
     ops = get_user_model().objects.create_superuser("ops", "ops@example.com", "unused password 1")
     token, plaintext = tokens.create_token(user=ops, label="day", actor=TEST_ACTOR)
-    api = Operator(gw, plaintext)
+    api = Operator(live, plaintext)
 
     # Configure: an upstream, a route that needs a key, a consumer with a key and its own limit.
     api("POST", "/upstreams/", 201, json={"name": "orders", "base_url": upstream.url + "/v1", "max_retries": 0})
@@ -75,13 +61,13 @@ def test_an_operators_day_through_the_api_leaves_a_trail_of_every_step(gw, upstr
 
     # Call the route, as acme would, once every worker has the new configuration.
     def call():
-        return requests.get(gw.url("/orders/42"), headers={"X-API-Key": key["key"]}, timeout=10)
+        return requests.get(live.url("/orders/42"), headers={"X-API-Key": key["key"]}, timeout=10)
 
-    serve(gw)  # every worker has the new route, consumer and key (/readyz names the revision it serves)
+    serve(live)  # every worker has the new route, consumer and key (/readyz names the revision it serves)
     assert call().status_code == 200
     assert upstream.received[-1].path == "/v1/42"
     assert upstream.received[-1].header("X-Consumer-Name") == "acme"
-    assert requests.get(gw.url("/orders/42"), timeout=10).status_code == 401
+    assert requests.get(live.url("/orders/42"), timeout=10).status_code == 401
 
     # The upstream fails: five failures in a row open its breaker; the operator resets it once it is back.
     upstream.behave(status=503)
@@ -124,10 +110,10 @@ def test_an_operators_day_through_the_api_leaves_a_trail_of_every_step(gw, upstr
     assert [e["action"] for e in by_object] == ["update", "create"]
 
 
-def test_only_the_admin_networks_reach_the_api(gw):
+def test_only_the_admin_networks_reach_the_api(live):
     for address in ("203.0.113.9", "127.0.0.1"):
-        response = requests.get(gw.url("/_gateway/api/v1/status/"), headers={"X-Forwarded-For": address}, timeout=10)
+        response = requests.get(live.url("/_gateway/api/v1/status/"), headers={"X-Forwarded-For": address}, timeout=10)
         assert response.status_code == 403
         assert response.json()["error"] == "forbidden"
-    inside = requests.get(gw.url("/_gateway/api/v1/status/"), headers={"X-Forwarded-For": "10.9.9.9"}, timeout=10)
+    inside = requests.get(live.url("/_gateway/api/v1/status/"), headers={"X-Forwarded-For": "10.9.9.9"}, timeout=10)
     assert inside.status_code == 401  # reachable; now it needs credentials

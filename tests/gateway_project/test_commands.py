@@ -3,8 +3,6 @@ cannot reach)."""
 
 from __future__ import annotations
 
-import getpass
-import io
 import json
 import os
 import subprocess
@@ -12,21 +10,15 @@ import sys
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 
 from gateway_project import tokens
 from gateway_project.models import ApiToken, AuditEntry
+from tests.support.commands import CLI, command
 from tests.support.config import make_upstream
 from tests.support.servers import REPO, free_port
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix")]
-CLI = f"cli:{getpass.getuser()}"
-
-
-def command(*args) -> str:
-    out = io.StringIO()
-    call_command(*args, stdout=out)
-    return out.getvalue()
 
 
 def test_api_token_create_list_revoke():

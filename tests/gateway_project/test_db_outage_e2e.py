@@ -14,7 +14,7 @@ import requests
 from django.db import connection
 
 from tests.support.config import make_route, make_upstream, serve
-from tests.support.gateways import database_url_for_gateway, start_gateway, talking_to
+from tests.support.gateways import database_url_for_gateway, talking_to
 from tests.support.servers import wait_until
 from tests.support.tcp_proxy import SilentProxy
 
@@ -34,17 +34,13 @@ def proxy(django_db_setup):
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, redis_server, proxy, django_db_setup, django_db_blocker):
+def gateway_options(proxy) -> dict:
+    """The gateway reaches the database through `proxy`, which the tests silence."""
     database = urlsplit(database_url_for_gateway())
     through_proxy = database._replace(netloc=database.netloc.replace(f":{database.port}", f":{proxy.port}")).geturl()
-    with django_db_blocker.unblock():
-        gw = start_gateway(
-            tmp_path_factory,
-            redis_server,
-            env={"DATABASE_URL": through_proxy, "GATEWAY_DB_TIMEOUT": "2", "GATEWAY_CONFIG_DB_CHECK_INTERVAL": "0.5"},
-        )
-    yield gw
-    gw.stop()
+    return {
+        "env": {"DATABASE_URL": through_proxy, "GATEWAY_DB_TIMEOUT": "2", "GATEWAY_CONFIG_DB_CHECK_INTERVAL": "0.5"}
+    }
 
 
 def readyz(gateway) -> dict:

@@ -14,30 +14,23 @@ import requests
 
 from limits.models import RateLimitPolicy
 from tests.support.config import make_route, make_upstream, serve
-from tests.support.gateways import start_gateway, talking_to
 from tests.support.metrics import client_driven, scrape, total
 from tests.support.servers import wait_until
 
 
 @pytest.fixture(scope="module")
-def four_workers(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
-    with django_db_blocker.unblock():
-        gw = start_gateway(
-            tmp_path_factory,
-            redis_server,
-            workers=4,
-            env={"GATEWAY_TRUSTED_PROXIES": "127.0.0.1", "GATEWAY_METRICS_TOKEN": "a-long-metrics-token-0123"},
-        )
-    yield gw
-    gw.stop()
+def gateway_options() -> dict:
+    return {
+        "workers": 4,
+        "env": {"GATEWAY_TRUSTED_PROXIES": "127.0.0.1", "GATEWAY_METRICS_TOKEN": "a-long-metrics-token-0123"},
+    }
 
 
 @pytest.fixture
-def gw(four_workers, transactional_db, upstream):
-    with talking_to(four_workers):
-        make_route("api", "/api", make_upstream("backend", upstream.url, max_retries=1, backoff_factor=0))
-        serve(four_workers)
-        yield four_workers
+def gw(live, upstream):
+    make_route("api", "/api", make_upstream("backend", upstream.url, max_retries=1, backoff_factor=0))
+    serve(live)
+    return live
 
 
 def fresh(gateway, path: str, **kwargs) -> requests.Response:

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import getpass
-import io
 import json
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 
 from gateway_project.models import AuditEntry
 from limits.compiled import hash_key
 from limits.models import ApiKey, Consumer
+from tests.support.commands import CLI, command
 from tests.support.config import hit, make_consumer, make_policy
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix")]
-CLI = f"cli:{getpass.getuser()}"
-
-
-def command(*args) -> str:
-    out = io.StringIO()
-    call_command(*args, stdout=out)
-    return out.getvalue()
 
 
 def trail() -> list[tuple]:

@@ -12,22 +12,12 @@ from gateway_project import store
 from limits import services
 from limits.models import Consumer, RateLimitPolicy
 from tests.support.config import TEST_ACTOR, make_route, make_upstream, serve
-from tests.support.gateways import start_gateway, talking_to
 
 
 @pytest.fixture(scope="module")
-def behind_proxy(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
+def gateway_options() -> dict:
     """Trusts 127.0.0.1 as a proxy, so tests can present many client addresses through X-Forwarded-For."""
-    with django_db_blocker.unblock():
-        gw = start_gateway(tmp_path_factory, redis_server, workers=2, env={"GATEWAY_TRUSTED_PROXIES": "127.0.0.1"})
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture
-def proxied(behind_proxy, transactional_db):
-    with talking_to(behind_proxy):
-        yield behind_proxy
+    return {"env": {"GATEWAY_TRUSTED_PROXIES": "127.0.0.1"}}
 
 
 def policy(**fields) -> RateLimitPolicy:
@@ -141,13 +131,13 @@ def test_a_spoofed_forwarded_for_from_an_untrusted_peer_does_not_change_the_buck
     assert counters(per_ip) == {"ip:<127.0.0.1>": 3}
 
 
-def test_ipv6_clients_share_a_bucket_per_64_and_mapped_ipv4_is_normalized(proxied, upstream):
+def test_ipv6_clients_share_a_bucket_per_64_and_mapped_ipv4_is_normalized(live, upstream):
     route = make_route("api", "/api", make_upstream("backend", upstream.url))
     per_ip = policy(name="per-ip", scope="route", route=route, key_by="ip", limit=3)
-    serve(proxied)
+    serve(live)
 
     def from_(address: str) -> int:
-        return requests.get(proxied.url("/api/x"), headers={"X-Forwarded-For": address}, timeout=10).status_code
+        return requests.get(live.url("/api/x"), headers={"X-Forwarded-For": address}, timeout=10).status_code
 
     assert [from_(f"2001:db8:0:0:{i}::1") for i in range(1, 5)] == [200, 200, 200, 429]
     assert from_("2001:db8:0:1::1") == 200

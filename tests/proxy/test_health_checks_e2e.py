@@ -16,7 +16,6 @@ from proxy import services
 from proxy.models import Target
 from tests.support.admin import login
 from tests.support.config import make_route, make_upstream, serve
-from tests.support.gateways import start_gateway, talking_to
 from tests.support.servers import wait_until
 from tests.support.upstream import Upstream
 
@@ -24,19 +23,13 @@ INTERVAL = 0.2
 
 
 @pytest.fixture(scope="module")
-def instance(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
-    run_dir = tmp_path_factory.mktemp("run")
-    with django_db_blocker.unblock():
-        gw = start_gateway(
-            tmp_path_factory,
-            redis_server,
-            workers=2,
-            collectstatic=True,
-            env={"GATEWAY_RUN_DIR": str(run_dir), "GATEWAY_SECURE_COOKIES": "0"},
-        )
-    gw.run_dir = str(run_dir)
-    yield gw
-    gw.stop()
+def run_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def gateway_options(run_dir) -> dict:
+    return {"collectstatic": True, "env": {"GATEWAY_RUN_DIR": run_dir, "GATEWAY_SECURE_COOKIES": "0"}}
 
 
 @pytest.fixture
@@ -48,24 +41,23 @@ def two():
 
 
 @pytest.fixture
-def checked(instance, transactional_db, two):
-    with talking_to(instance):
-        upstream = make_upstream(
-            "checked",
-            "http://service.internal",
-            health_check_path="/healthz",
-            health_check_interval=INTERVAL,
-            health_check_timeout=1.0,
-            healthy_threshold=1,
-            unhealthy_threshold=2,
-            eject_consecutive_failures=0,
-            max_retries=0,
-        )
-        for server in two:
-            Target.objects.create(upstream=upstream, address=f"127.0.0.1:{server.port}")
-        make_route("checked", "/checked", upstream)
-        serve(instance)
-        yield instance
+def checked(live, two):
+    upstream = make_upstream(
+        "checked",
+        "http://service.internal",
+        health_check_path="/healthz",
+        health_check_interval=INTERVAL,
+        health_check_timeout=1.0,
+        healthy_threshold=1,
+        unhealthy_threshold=2,
+        eject_consecutive_failures=0,
+        max_retries=0,
+    )
+    for server in two:
+        Target.objects.create(upstream=upstream, address=f"127.0.0.1:{server.port}")
+    make_route("checked", "/checked", upstream)
+    serve(live)
+    return live
 
 
 def probes(server) -> list:
@@ -76,8 +68,8 @@ def prober_pids(server) -> set[int]:
     return {int(re.search(r"pid (\d+)", r.header("User-Agent")).group(1)) for r in probes(server)}
 
 
-def health(instance) -> dict[str, str]:
-    return {t.address: t.state for t in services.target_health(upstreams=["checked"], run_dir=instance.run_dir)}
+def health(run_dir: str) -> dict[str, str]:
+    return {t.address: t.state for t in services.target_health(upstreams=["checked"], run_dir=run_dir)}
 
 
 def test_one_worker_of_the_instance_probes_and_another_takes_over_when_it_dies(checked, two):
@@ -96,10 +88,10 @@ def test_one_worker_of_the_instance_probes_and_another_takes_over_when_it_dies(c
     assert (prober_pids(two[0]) - {leader}) <= set(checked.worker_pids())
 
 
-def test_a_target_that_fails_its_checks_gets_no_traffic_until_it_passes_again(checked, two):
+def test_a_target_that_fails_its_checks_gets_no_traffic_until_it_passes_again(checked, two, run_dir):
     sick, well = two
     sick.behave(status=503)
-    wait_until(lambda: health(checked)[f"127.0.0.1:{sick.port}"] == "unhealthy", 10, "the verdict")
+    wait_until(lambda: health(run_dir)[f"127.0.0.1:{sick.port}"] == "unhealthy", 10, "the verdict")
     time.sleep(0.5)  # every worker read it (they look every 0.25 s)
     sick_before = len(sick.received) - len(probes(sick))
     answers = [requests.get(checked.url("/checked/x"), timeout=5).status_code for _ in range(40)]
@@ -108,20 +100,20 @@ def test_a_target_that_fails_its_checks_gets_no_traffic_until_it_passes_again(ch
     assert len(well.received) - len(probes(well)) == 40
 
     sick.behave()
-    wait_until(lambda: health(checked)[f"127.0.0.1:{sick.port}"] == "healthy", 10, "recovery")
+    wait_until(lambda: health(run_dir)[f"127.0.0.1:{sick.port}"] == "healthy", 10, "recovery")
     time.sleep(0.5)
     for _ in range(20):
         requests.get(checked.url("/checked/x"), timeout=5)
     assert len(sick.received) - len(probes(sick)) > sick_before
 
 
-def test_the_breakers_page_shows_each_targets_health(checked, two):
+def test_the_breakers_page_shows_each_targets_health(checked, two, run_dir):
     two[0].behave(status=503)
-    wait_until(lambda: health(checked)[f"127.0.0.1:{two[0].port}"] == "unhealthy", 10, "the verdict")
+    wait_until(lambda: health(run_dir)[f"127.0.0.1:{two[0].port}"] == "unhealthy", 10, "the verdict")
     session = login(checked, "127.0.0.1")
     page = session.get(checked.url("/admin/breakers/breaker/"), timeout=10).text
     row = re.search(rf"127\.0\.0\.1:{two[0].port}.*?</tr>", page, re.DOTALL).group(0)
     assert "unhealthy" in row
     assert f"127.0.0.1:{two[1].port}" in page
-    reports = services.target_health(upstreams=["checked"], run_dir=checked.run_dir)
+    reports = services.target_health(upstreams=["checked"], run_dir=run_dir)
     assert {r.workers for r in reports} == {2}  # both workers published their view

@@ -19,7 +19,6 @@ from websockets.sync.client import connect
 from limits.models import RateLimitPolicy
 from proxy.models import Route
 from tests.support.config import make_policy, make_route, make_upstream, serve, set_breaker_mode
-from tests.support.gateways import start_gateway, talking_to
 from tests.support.metrics import scrape, total
 from tests.support.rawupstream import Close, RawUpstream, response, serve_each
 from tests.support.servers import wait_until
@@ -30,17 +29,12 @@ LIMIT = 3
 
 
 @pytest.fixture(scope="module")
-def ws_gateway(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
+def gateway_options() -> dict:
     """One worker, so that the per-worker limit of upgraded connections is the gateway's."""
-    with django_db_blocker.unblock():
-        gw = start_gateway(
-            tmp_path_factory,
-            redis_server,
-            workers=1,
-            env={"GATEWAY_UPGRADE_IDLE_TIMEOUT": str(IDLE), "GATEWAY_UPGRADE_MAX_CONNECTIONS": str(LIMIT)},
-        )
-    yield gw
-    gw.stop()
+    return {
+        "workers": 1,
+        "env": {"GATEWAY_UPGRADE_IDLE_TIMEOUT": str(IDLE), "GATEWAY_UPGRADE_MAX_CONNECTIONS": str(LIMIT)},
+    }
 
 
 @pytest.fixture
@@ -51,13 +45,12 @@ def echo():
 
 
 @pytest.fixture
-def gw(ws_gateway, transactional_db, echo):
-    with talking_to(ws_gateway):
-        upstream = make_upstream("echo", echo.url + "/base")
-        make_route("ws", "/ws", upstream, upgrade_protocols="websocket")
-        make_route("plain", "/plain", upstream)
-        serve(ws_gateway)
-        yield ws_gateway
+def gw(live, echo):
+    upstream = make_upstream("echo", echo.url + "/base")
+    make_route("ws", "/ws", upstream, upgrade_protocols="websocket")
+    make_route("plain", "/plain", upstream)
+    serve(live)
+    return live
 
 
 def ws_url(gw, path: str) -> str:
@@ -211,12 +204,12 @@ def test_plain_requests_on_an_upgrade_route_are_proxied_as_usual(gw, echo):
         (response(101, headers=[("Upgrade", "h2c"), ("Connection", "Upgrade")], length=False), 502),  # not asked
     ],
 )
-def test_a_broken_handshake_answer_is_a_502_and_gives_its_slot_back(ws_gateway, transactional_db, answer, status):
-    with talking_to(ws_gateway), RawUpstream(serve_each(lambda request: answer)) as raw:
+def test_a_broken_handshake_answer_is_a_502_and_gives_its_slot_back(live, answer, status):
+    with RawUpstream(serve_each(lambda request: answer)) as raw:
         make_route("raw", "/raw", make_upstream("raw", raw.url), upgrade_protocols="websocket")
-        serve(ws_gateway)
+        serve(live)
         for _ in range(LIMIT + 1):  # more than the worker's slots: none may stay taken
             with pytest.raises(InvalidStatus) as refused:
-                client(ws_gateway, "/raw/x")
+                client(live, "/raw/x")
             assert refused.value.response.status_code == status
-        assert total(scrape(ws_gateway), "gateway_upgrades_refused_total", route="raw") == 0
+        assert total(scrape(live), "gateway_upgrades_refused_total", route="raw") == 0

@@ -131,8 +131,12 @@ def breaker_op(op: str, upstream: Upstream, extra: str = "", *, gen: int | None 
     from breakers.redis_storage import RedisStorage
     from breakers.storage import BreakerId
 
-    storage, ref = RedisStorage(), BreakerId(upstream.id, upstream.name)
     policy = replace(breaker_settings(upstream), **overrides)
+    return storage_op(RedisStorage(), BreakerId(upstream.id, upstream.name), policy, op, extra, gen=gen)
+
+
+def storage_op(storage, ref, policy, op: str, extra: str = "", *, gen: int | None = None):
+    """Call the breaker storage method that the Lua script's operation `op` names (see `breaker_op`)."""
     calls = {
         "view": lambda: storage.view(ref, policy),
         "acquire": lambda: storage.acquire(ref, policy),
