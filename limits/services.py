@@ -84,6 +84,10 @@ class CounterUsage:
     limit: int
     expires_in: float
 
+    @property
+    def who(self) -> str:
+        return readable_client(self.client)
+
 
 def policy_usage(*, policy: RateLimitPolicy, top: int = 20, client=None) -> list[CounterUsage]:
     """The busiest counters of a policy right now, read from Redis (with `client`, pages pass a short budget)."""
