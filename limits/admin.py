@@ -224,7 +224,8 @@ class RateLimitPolicyAdmin(AuditedAdmin):
         except RedisError as exc:
             return format_html("{}<p>Redis is unavailable ({}); no live usage.</p>", rejected, type(exc).__name__)
         if not rows:
-            return format_html('{}<p>No client is being counted right now. <a href="{}">Live usage</a></p>', rejected, link)
+            none = '{}<p>No client is being counted right now. <a href="{}">Live usage</a></p>'
+            return format_html(none, rejected, link)
         table = format_html_join(
             "",
             "<tr><td>{}</td><td>{} / {}</td><td>{} s</td></tr>",
