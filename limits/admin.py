@@ -152,6 +152,7 @@ def _example_url() -> str:
 class ApiKeyAdmin(AuditedAdmin):
     save_service = services.save_api_key
     delete_service = services.delete_api_key
+    service_arg = "key"
     list_display = ("prefix", "consumer", "label", "created_at", "revoked_at", "status")
     list_filter = (("revoked_at", admin.EmptyFieldListFilter), "consumer")
     list_select_related = ("consumer",)
@@ -178,6 +179,7 @@ class ApiKeyAdmin(AuditedAdmin):
 class RateLimitPolicyAdmin(AuditedAdmin):
     save_service = services.save_policy
     delete_service = services.delete_policy
+    service_arg = "policy"
     list_display = ("name", "applies_to", "key_by", "rate", "algorithm", "mode", "on_redis_failure", "enabled")
     list_filter = ("enabled", "scope", "mode", "algorithm", "key_by", "on_redis_failure")
     list_select_related = ("route", "consumer")

@@ -15,7 +15,7 @@ from gateway_project import runtime, store
 from gateway_project.models import AuditEntry
 from limits import limiter, services
 from limits.compiled import compile_policy, hash_key
-from limits.models import ApiKey
+from limits.models import ApiKey, RateLimitPolicy
 from tests.support.config import TEST_ACTOR, hit, make_consumer, make_policy
 from tests.support.servers import free_port
 
@@ -132,6 +132,37 @@ def test_revoke_action(admin_client):
 
 
 # live usage
+
+
+def test_policies_and_key_labels_are_saved_from_the_admin_through_their_services(admin_client):
+    """The services name their object `policy` and `key`, not after the model (ratelimitpolicy, apikey)."""
+    response = admin_client.post(
+        reverse("admin:limits_ratelimitpolicy_add"),
+        {
+            "name": "per-ip-admin",
+            "enabled": "on",
+            "mode": "enforce",
+            "scope": "global",
+            "key_by": "ip",
+            "limit": "7",
+            "window_seconds": "60",
+            "algorithm": "sliding_log",
+            "burst": "",
+            "on_redis_failure": "allow",
+        },
+    )
+    assert response.status_code == 302, re.findall(r"errorlist[^>]*>(.*?)</ul>", response.content.decode())
+    assert RateLimitPolicy.objects.get(name="per-ip-admin").limit == 7
+    key, _ = services.create_api_key(consumer=make_consumer("acme"), actor=TEST_ACTOR)
+    edited = admin_client.post(reverse("admin:limits_apikey_change", args=[key.pk]), {"label": "renamed"})
+    assert edited.status_code == 302
+    key.refresh_from_db()
+    assert key.label == "renamed"
+    assert list(AuditEntry.objects.order_by("id").values_list("object_type", "action", "via")) == [
+        ("rate_limit", "create", "admin"),
+        ("api_key", "create", "cli"),
+        ("api_key", "update", "admin"),
+    ]
 
 
 def test_policy_change_page_without_counters(admin_client):
