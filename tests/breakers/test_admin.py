@@ -83,7 +83,7 @@ def test_the_live_page_lists_every_upstream_with_its_live_state(admin_client, up
     assert page.count('type="submit" value="Apply…"') == 2
     assert page.count('<option value="" selected>Choose an action…</option>') == 2  # nothing destructive preselected
     assert 'data-refresh-select="#breakers-live"' in page
-    assert '<span class="gw-badge gw-breaker-open">open</span>' in page
+    assert '<span class="gw-badge gw-breaker gw-breaker-open">open</span>' in page
     assert reverse(ACT) in page
     assert reverse("admin:breakers_breakertransition_changelist") in page
 
@@ -132,7 +132,7 @@ def test_an_action_asks_for_confirmation_first_and_changes_nothing_until_then(ad
 def test_a_forced_open_breaker_reads_forced_open_not_closed(admin_client, upstreams):
     set_breaker_mode("beta", FORCED_OPEN)
     page = admin_client.get(reverse(LIVE)).content.decode()
-    assert '<span class="gw-badge gw-breaker-forced">forced open by an operator</span>' in page
+    assert '<span class="gw-badge gw-breaker gw-breaker-forced">forced open by an operator</span>' in page
 
 
 def test_reset_closes_the_breaker_and_redirects(admin_client, upstreams):
