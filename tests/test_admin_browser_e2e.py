@@ -191,22 +191,26 @@ def _session(gw, me: Operator, page) -> None:
         echo = requests.get(gw.url("/shop/who"), headers={"X-API-Key": key}, timeout=5).json()
         assert echo["headers"]["X-Consumer-Name"] == "acme"
 
-        # The demo's failure switch trips the breaker after three failures; both pages show it open, in red.
-        me.go("/admin/")
+        # The demo's failure switch trips the breaker after three failures (the threshold set in the upstream's
+        # form): the breakers page, open before, turns red by itself; the status page shows it open too.
+        me.go("/admin/breakers/breaker/")
+        assert me.text('#breakers [data-upstream="shop-api"] .gw-breaker') == "closed"
         requests.post(gw.url("/_demo/simulate-failure"), timeout=5).raise_for_status()
         try:
             codes = [requests.get(gw.url("/shop/x"), timeout=5).status_code for _ in range(5)]
         finally:
             requests.post(gw.url("/_demo/simulate-recovery"), timeout=5).raise_for_status()
         assert codes == [503] * 5
-        me.wait_for_text('[data-upstream="shop-api"] .gw-breaker', r"^open$")
-        assert "gw-breaker-open" in page.locator('[data-upstream="shop-api"] .gw-breaker').first.get_attribute("class")
+        me.wait_for_text('#breakers [data-upstream="shop-api"] .gw-breaker', r"^open$")
+        assert "3 consecutive failures" in me.text('#breakers [data-upstream="shop-api"]')
+        assert page.locator('[data-upstream="shop-api"] select').input_value() == ""  # nothing preselected
+        me.shot("breakers-open")
+        me.go("/admin/")
+        badge = page.locator('#gw-breakers [data-upstream="shop-api"] .gw-breaker')
+        assert badge.inner_text() == "open" and "gw-breaker-open" in badge.get_attribute("class")
         me.wait_for_text('[data-route="shop"]', r"\d")
         me.shot("status-breaker-open")
         me.go("/admin/breakers/breaker/")
-        assert me.text('#breakers [data-upstream="shop-api"] .gw-breaker') == "open"
-        assert page.locator('[data-upstream="shop-api"] select').input_value() == ""  # nothing preselected
-        me.shot("breakers-open")
 
         # Reset it: a confirmation first, then it is closed, and the page says so without a reload.
         page.locator('[data-upstream="shop-api"] select').select_option("reset")
