@@ -86,7 +86,8 @@ def status_context() -> dict:
     checks = readiness()
     for route in figures.routes:
         route.spark = status.sparkline(route.series)
-        route.error_spark = status.sparkline(route.error_series, css="spark spark-error")
+        has_errors = any(value > 0 for value in route.error_series)
+        route.error_spark = status.sparkline(route.error_series, css="spark spark-error") if has_errors else ""
     return {
         "figures": figures,
         "total_spark": status.sparkline(figures.total_series, width=240, height=36),

@@ -27,7 +27,7 @@ from django.utils.safestring import SafeString, mark_safe
 from gateway_project import metrics
 from gateway_project.context import OWN
 
-SAMPLE_EVERY = 2.0  # seconds between two samples, at least
+SAMPLE_EVERY = 4.0  # seconds between two samples, at least (the page refreshes every 5)
 KEEP = 600.0  # seconds of samples kept: the charts' span
 WINDOW = 60.0  # the figures are rates over this last stretch
 BUCKETS = (*metrics._LATENCY, math.inf)

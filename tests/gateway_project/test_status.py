@@ -90,12 +90,13 @@ def test_the_workers_of_an_instance_share_one_series_of_samples(tmp_path):
         taken.append(now)
         return {"t": now, "routes": {"r": {"n": 10.0 * len(taken)}}, "policies": {}}
 
+    every = status.SAMPLE_EVERY
     assert len(status.samples(str(tmp_path), now=100.0, take=take)) == 1
-    assert len(status.samples(str(tmp_path), now=101.0, take=take)) == 1  # younger than SAMPLE_EVERY: no new one
-    assert len(status.samples(str(tmp_path), now=102.5, take=take)) == 2
+    assert len(status.samples(str(tmp_path), now=100.0 + every / 2, take=take)) == 1  # too young: no new one
+    assert len(status.samples(str(tmp_path), now=100.0 + every, take=take)) == 2
     kept = status.samples(str(tmp_path), now=100.0 + status.KEEP + 1, take=take)
-    assert [s["t"] for s in kept] == [102.5, 100.0 + status.KEEP + 1]  # older than KEEP: dropped
-    assert taken == [100.0, 102.5, 100.0 + status.KEEP + 1]
+    assert [s["t"] for s in kept] == [100.0 + every, 100.0 + status.KEEP + 1]  # older than KEEP: dropped
+    assert taken == [100.0, 100.0 + every, 100.0 + status.KEEP + 1]
 
     def restarted(now):
         return {"t": now, "routes": {"r": {"n": 1.0}}, "policies": {}}
