@@ -38,13 +38,13 @@ class GatewayAdminSite(admin.AdminSite):
         ]
 
     def index(self, request: HttpRequest, extra_context=None):
-        return super().index(request, {**status_context(), **(extra_context or {})})
+        return super().index(request, {**status_context(request.user), **(extra_context or {})})
 
     def status_panel(self, request: HttpRequest) -> HttpResponse:
-        return TemplateResponse(request, "admin/gateway/status_panel.html", status_context())
+        return TemplateResponse(request, "admin/gateway/status_panel.html", status_context(request.user))
 
     def status_json(self, request: HttpRequest) -> HttpResponse:
-        context = status_context()
+        context = status_context(request.user)
         figures: status.Figures = context["figures"]
         return JsonResponse(
             {
@@ -65,13 +65,19 @@ def _safe(provider, default, **kwargs):
         return default(exc)
 
 
-def status_context() -> dict:
+#: What a staff user needs to see the status page's parts that name upstreams and clients.
+BREAKERS_PERMISSION = "breakers.view_breaker"
+CLIENTS_PERMISSION = "limits.view_ratelimitpolicy"
+
+
+def status_context(user) -> dict:
     from gateway_project.views import readiness
 
     started = time.perf_counter()
     figures = status.figures(prometheus_url=settings.GATEWAY_PROMETHEUS_URL, run_dir=settings.GATEWAY_RUN_DIR)
+    see_breakers, see_clients = user.has_perm(BREAKERS_PERMISSION), user.has_perm(CLIENTS_PERMISSION)
     breakers: list[dict] = []
-    for provider in registry.breaker_status_providers:
+    for provider in registry.breaker_status_providers if see_breakers else ():
         breakers.extend(_safe(provider, lambda exc: [], names=None))
     health: dict[int, list] = {}
     for provider in registry.upstream_health_providers:
@@ -80,7 +86,7 @@ def status_context() -> dict:
     for breaker in breakers:
         breaker["targets"] = health.get(breaker["upstream_id"], [])
     clients: list[dict] = []
-    for provider in registry.limited_client_providers:
+    for provider in registry.limited_client_providers if see_clients else ():
         clients.extend(_safe(provider, lambda exc: [{"error": f"{type(exc).__name__}"}], top=TOP_CLIENTS))
     clients.sort(key=lambda c: -(c.get("used", 0) / (c.get("limit") or 1)))
     checks = readiness()
@@ -95,6 +101,8 @@ def status_context() -> dict:
         "limited_clients": clients[:TOP_CLIENTS],
         "health": checks,
         "healthy": all(not v.startswith("error") for v in checks.values()),
+        "see_breakers": see_breakers,
+        "see_clients": see_clients,
         "refresh_seconds": REFRESH_SECONDS,
         "generated_at": time.time(),
         "took_ms": round((time.perf_counter() - started) * 1000, 1),

@@ -234,6 +234,9 @@ def run(
         allowed = ", ".join(match.allowed)
         trace.why = f"The path matches, but not the method: a client would get 405 (allowed: {allowed})."
         return _done(trace, started)
+    if target.folded is not None and snapshot["routes"].match(hostname, target.folded, method) is not match:
+        trace.why = "The path normalizes to another route's path: a client would get 400 bad_path."
+        return _done(trace, started)
     trace.matched = match.name
     trace.why = _why(match, hostname, target.path, method)
     if match.name != route_name:

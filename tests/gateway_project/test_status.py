@@ -163,3 +163,16 @@ def test_a_prometheus_that_does_not_answer_is_named_and_the_instance_figures_sho
     data = json.loads(admin_client.get(reverse("admin:gateway_status_json")).content)
     assert data["figures"]["source"] == "instance"
     assert data["figures"]["error"].startswith(f"Prometheus at {settings.GATEWAY_PROMETHEUS_URL} did not answer")
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("redis_prefix", "in_process")
+def test_staff_without_the_permissions_see_no_upstream_or_client(client, django_user_model):
+    make_upstream("orders-api")
+    user = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    client.force_login(user)
+    page = client.get(reverse("admin:gateway_status")).content.decode()
+    assert "orders-api" not in page
+    assert "Needs the permission to view breakers." in page
+    assert "Needs the permission to view rate limit policies." in page
+    assert 'data-check="redis"' in page

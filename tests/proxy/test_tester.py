@@ -173,3 +173,14 @@ def test_the_api_endpoint(orders, admin_client, upstream):
         "/_gateway/api/v1/routes/orders/test/", json.dumps({"path": "nope"}), content_type="application/json"
     )
     assert refused.status_code == 400
+
+
+def test_a_path_that_normalizes_to_another_route_is_not_sent(orders, upstream, reload_config):
+    make_route("root", "/", make_upstream("root-api", base_url=upstream.url))
+    reload_config()
+    trace = run(route_name="root", path="/%EF%BD%8Frders/1")  # a fullwidth o: NFKC makes it /orders/1
+    assert (trace.matched, trace.status) == (None, None)
+    assert "normalizes to another route's path: a client would get 400" in trace.why
+    assert upstream.received == []
+    with pytest.raises(tester.TestRequestError, match="encoded '/'"):
+        run(path="/orders/..%2Fother")
