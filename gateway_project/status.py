@@ -17,7 +17,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import urllib3
@@ -152,7 +152,7 @@ class RouteFigures:
     error_series: list[float] = field(default_factory=list)  # 5xx per second
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # not the charts the page adds
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from gateway_project import runtime, status
+from gateway_project import metrics, runtime, status
 from gateway_project.conf import read
 from limits.models import RateLimitPolicy
 from tests.support.config import make_route, make_upstream
@@ -136,6 +136,7 @@ def test_the_admin_opens_on_the_status_page(admin_client, client):
     upstream = make_upstream("orders-api", breaker_mode="forced_open")
     make_route("orders", "/orders", upstream=upstream)
     RateLimitPolicy.objects.create(name="per-ip", limit=5, window_seconds=60)
+    metrics.observe_request(route="orders", method="GET", status=200, seconds=0.01, body_in=0, body_out=10)
     page = admin_client.get(reverse("admin:index")).content.decode()
     assert 'id="gateway-status"' in page and "Figures: <strong>this instance</strong>" in page
     assert 'data-check="database"' in page and 'data-check="redis"' in page and 'data-check="config"' in page
@@ -148,6 +149,8 @@ def test_the_admin_opens_on_the_status_page(admin_client, client):
     assert panel.lstrip().startswith('<div class="gw-status">') and "<html" not in panel
     data = json.loads(admin_client.get(reverse("admin:gateway_status_json")).content)
     assert data["figures"]["source"] == "instance"
+    (orders,) = [r for r in data["figures"]["routes"] if r["route"] == "orders"]
+    assert "spark" not in orders and "series" in orders
     assert data["health"]["database"] == "ok"
     assert [b["upstream"] for b in data["breakers"]] == ["orders-api"]
 
