@@ -29,11 +29,12 @@ run: venv
 	$(PY) manage.py gateway_demo
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py gateway_project.wsgi
 
-# Tests start their own redis-server (a single one and a cluster), PostgreSQL (initdb, pg_ctl) and, for the
-# dashboard test, prometheus (see tests/conftest.py, tests/support/). All come from Debian's packages,
-# installed here when missing.
+# Tests start their own redis-server (a single one and a cluster), PostgreSQL (initdb, pg_ctl), for the
+# dashboard and status page tests prometheus, and for the admin's browser test chromium (driven by Playwright
+# at /usr/bin/chromium; Playwright never downloads a browser here). All come from Debian's packages, installed
+# here when missing.
 test-tools:
-	@for tool in redis-server:redis-server prometheus:prometheus initdb:postgresql; do \
+	@for tool in redis-server:redis-server prometheus:prometheus initdb:postgresql chromium:chromium; do \
 	  name=$${tool%%:*}; package=$${tool##*:}; \
 	  command -v $$name >/dev/null || ls /usr/lib/postgresql/*/bin/$$name >/dev/null 2>&1 && continue; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

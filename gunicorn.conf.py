@@ -24,9 +24,6 @@ try:
     # Decide once, in the master, which Redis the gateway uses, and hand the answer to the workers.
     _redis_url = redis_url.resolve_redis_url(_env["REDIS_URL"])
     os.environ["REDIS_URL"] = _redis_url
-    # Every check the workers' settings make, made once here: a bad setting stops the master with one line
-    # instead of every worker failing to boot with a traceback.
-    importlib.import_module("gateway_project.settings")
 except ImproperlyConfigured as exc:
     conf.exit_on_error(exc)
 _embedded = redis_url.is_embedded(_redis_url)
@@ -42,6 +39,14 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 _own_run_dir = not _env["GATEWAY_RUN_DIR"]
 _run_dir = _env["GATEWAY_RUN_DIR"] or tempfile.mkdtemp(prefix="gateway-run-")
 os.environ["GATEWAY_RUN_DIR"] = _run_dir
+
+try:
+    # Every check the workers' settings make, made once here: a bad setting stops the master with one line
+    # instead of every worker failing to boot with a traceback. After the directories above are in the
+    # environment: the workers inherit this module as imported here, GATEWAY_RUN_DIR included.
+    importlib.import_module("gateway_project.settings")
+except ImproperlyConfigured as exc:
+    conf.exit_on_error(exc)
 
 
 def _address(host: str, port: int) -> str:

@@ -20,6 +20,16 @@ ACTIONS = {
     "shadow": "Shadow (count, never reject)",
     "normal": "Back to normal",
 }
+#: What each action does, said on the confirmation page before it runs.
+CONSEQUENCES = {
+    "reset": "The breaker closes and forgets its failure counts: requests go to the upstream again at once, on "
+    "every gateway. A breaker forced open by its mode stays forced open.",
+    "forced_open": "Every request to this upstream is answered 503 by the gateway, on every gateway, until an "
+    "operator sets the breaker back to normal.",
+    "disabled": "The breaker lets every request through, however the upstream fails; failures are still counted.",
+    "shadow": "The breaker counts and records transitions but never rejects a request.",
+    "normal": "The breaker decides again from the upstream's failures.",
+}
 
 
 class BreakerConfigInline(admin.StackedInline):
@@ -90,6 +100,21 @@ class BreakerAdmin(admin.ModelAdmin):
         if not self.has_change_permission(request):
             raise PermissionDenied
         action, names = request.POST.get("action", ""), request.POST.getlist("upstream")
+        if action in ACTIONS and names and request.POST.get("confirm") != "yes":
+            statuses = {s.upstream: s for s in services.live_states(names=None, page=True)}
+            return TemplateResponse(
+                request,
+                "admin/breakers/confirm.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": f"{ACTIONS[action].split(' (')[0]}: are you sure?",
+                    "opts": self.model._meta,
+                    "action": action,
+                    "action_label": ACTIONS[action],
+                    "consequence": CONSEQUENCES[action],
+                    "targets": [(name, statuses.get(name)) for name in names],
+                },
+            )
         actor = actor_of(request)
         try:
             if action == "reset":

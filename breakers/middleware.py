@@ -9,6 +9,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 
 from breakers import gate, sync
+from breakers.policy import FORCED_OPEN
 from gateway_project.responses import json_error
 
 
@@ -28,14 +29,26 @@ class BreakerMiddleware:
         decision = gate.check(upstream.id, upstream.name, ctx.snapshot["breakers"].get(upstream.id))
         ctx.timings["breaker"] = time.perf_counter() - started
         if isinstance(decision, gate.Refusal):
-            wait = max(1, math.ceil(decision.retry_after))
             ctx.log["breaker"] = decision.reason
+            if decision.reason == FORCED_OPEN:
+                # An operator's decision, not the upstream's failing: no time would make a retry succeed.
+                return json_error(
+                    request,
+                    503,
+                    "circuit_open",
+                    "An operator has taken this upstream out of service (its circuit breaker is forced open); "
+                    "the gateway sends it no requests until the breaker is set back to normal.",
+                    upstream=upstream.name,
+                    reason="forced_open",
+                )
+            wait = max(1, math.ceil(decision.retry_after))
             response = json_error(
                 request,
                 503,
                 "circuit_open",
                 "The upstream is failing; the gateway is not sending it requests for now.",
                 upstream=upstream.name,
+                reason=decision.reason,
                 retry_after=wait,
             )
             response["Retry-After"] = str(wait)

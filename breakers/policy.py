@@ -30,6 +30,21 @@ MODES = tuple(Mode)
 DEFAULT_FAILURE_STATUSES = frozenset({502, 503, 504})
 
 
+def label(mode: str, state: str) -> tuple[str, str]:
+    """What an operator should read for a breaker: (css class, words). A mode overrides the state it shows:
+    a forced-open breaker is "forced open" whatever its counts say."""
+    if mode == FORCED_OPEN:
+        return "forced", "forced open by an operator"
+    if mode == DISABLED:
+        return "disabled", "disabled: lets everything through"
+    if state == "unknown":
+        return "unknown", "unknown (Redis did not answer)"
+    words = {CLOSED: "closed", OPEN: "open", HALF_OPEN: "half-open: probing"}.get(state, str(state))
+    if mode == SHADOW:
+        return "shadow", f"shadow: {words}, never rejects"
+    return {CLOSED: "closed", OPEN: "open", HALF_OPEN: "half-open"}.get(state, "unknown"), words
+
+
 @dataclass(frozen=True, slots=True)
 class BreakerSettings:
     mode: Mode = NORMAL

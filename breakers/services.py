@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from breakers import redis_storage, sync
 from breakers.compiled import settings_from
 from breakers.models import BreakerConfig, BreakerTransition
-from breakers.policy import CLOSED, DEFAULT, FORCED_OPEN, MODES, OPEN, BreakerSettings
+from breakers.policy import CLOSED, DEFAULT, FORCED_OPEN, MODES, OPEN, BreakerSettings, label
 from breakers.redis_storage import RedisStorage
 from breakers.storage import BreakerId
 from gateway_project import audit, changes, store
@@ -38,6 +38,14 @@ class BreakerStatus:
     next_probe_in: float | None  # seconds, when open
     last_transition: BreakerTransition | None
     error: str | None = None
+
+    @property
+    def css(self) -> str:
+        return label(self.mode, self.state)[0]
+
+    @property
+    def label(self) -> str:
+        return label(self.mode, self.state)[1]
 
     def as_dict(self) -> dict:
         last = self.last_transition
@@ -150,6 +158,31 @@ def live_states(*, names: list[str] | None = None, page: bool = False) -> list[B
             )
         )
     return statuses
+
+
+def status_rows(*, names: list[str] | None = None) -> list[dict]:
+    """The live breakers for other apps' pages (registry.breaker_status_providers), read with the pages' budget."""
+    rows = []
+    for status in live_states(names=names, page=True):
+        row = status.as_dict()
+        row.update(upstream_id=status.upstream_id, label=status.label, css=status.css)
+        row["next_probe_in"] = row.pop("next_probe_in_seconds")
+        rows.append(row)
+    return rows
+
+
+def route_page_lines(*, route_id: int, upstream_name: str) -> list[tuple[str, list[str]]]:
+    """For the route's admin page: its upstream's breaker, live."""
+    try:
+        (status,) = live_states(names=[upstream_name], page=True)
+    except UnknownUpstream:
+        return []
+    probe = f"; next probe in {status.next_probe_in:.0f} s" if status.next_probe_in is not None else ""
+    line = (
+        f"{status.label} (mode {status.mode}); {status.window_failures} failures of {status.window_calls} calls in "
+        f"its window, {status.consecutive_failures} in a row{probe}"
+    )
+    return [(f"Circuit breaker of {upstream_name}", [line])]
 
 
 def reset_breakers(*, names: list[str] | None = None, actor: Actor) -> list[str]:

@@ -18,15 +18,18 @@ def actor_of(request: HttpRequest) -> Actor:
 class AuditedAdmin(admin.ModelAdmin):
     """A ModelAdmin whose saves and deletes go through the app's service functions (`save_service`,
     `delete_service`: keyword-only, taking the object under its model name and the actor), so that an admin
-    change is validated, guarded and recorded as an API or command change is. Inline objects (the breaker's
+    change is validated, guarded and recorded as an API or command change is (`service_arg`: the services'
+    keyword for the object when it is not the model's name). Inline objects (the breaker's
     settings on an upstream's page) are recorded as their inline's `audit_type`, under the name its
     `audit_name(obj)` gives (default: the parent object's)."""
 
     save_service = None
     delete_service = None
+    #: The services' keyword for the object, when it is not the model's name (save_policy(*, policy, ...)).
+    service_arg = None
 
     def _call(self, service, request, obj) -> None:
-        service(**{self.model._meta.model_name: obj, "actor": actor_of(request)})
+        service(**{self.service_arg or self.model._meta.model_name: obj, "actor": actor_of(request)})
 
     def save_model(self, request, obj, form, change) -> None:
         self._call(type(self).save_service, request, obj)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -149,6 +150,12 @@ def admin_path(name: str, raw: str) -> str:
     if path == "/" or not path.replace("/", "").replace("_", "").replace("-", "").isalnum():
         raise ImproperlyConfigured(f"{name}: a path such as /admin or /_gateway/admin, got {raw!r}")
     return path
+
+
+def http_url(name: str, raw: str) -> str:
+    if raw and (urlsplit(raw).scheme not in ("http", "https") or not urlsplit(raw).hostname):
+        raise ImproperlyConfigured(f"{name}: an http:// or https:// URL such as http://prometheus:9090, got {raw!r}")
+    return raw.rstrip("/")
 
 
 def metrics_token(name: str, raw: str) -> str:
@@ -424,6 +431,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "GATEWAY_METRICS_TOKEN", metrics_token, "", "Bearer token (16+ characters) that opens `/metrics` to any client."
+    ),
+    Setting(
+        "GATEWAY_PROMETHEUS_URL",
+        http_url,
+        "",
+        "Prometheus server that scrapes every instance: the admin's status page shows the fleet's figures from it. "
+        "Empty: this instance's own.",
     ),
     Setting(
         "GATEWAY_METRICS_DIR",

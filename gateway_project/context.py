@@ -45,3 +45,5 @@ class RequestContext:
     bytes_in: int = 0
     #: The relayed upstream body, once streaming (it counts the bytes sent).
     body: Any = None
+    #: The route tester's dry run: rate limits are checked without counting the request.
+    dry_run: bool = False

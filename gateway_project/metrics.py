@@ -75,6 +75,12 @@ upgrades_refused = Counter(
 bytes_in = Counter("gateway_request_body_bytes", "Request body bytes forwarded upstream, by route.", ["route"])
 bytes_out = Counter("gateway_response_body_bytes", "Response body bytes sent to clients, by route.", ["route"])
 redis_errors = Counter("gateway_redis_errors", "Redis calls that failed or timed out, by operation.", ["operation"])
+own_errors = Counter(
+    "gateway_errors",
+    "Error responses the gateway made itself (never an upstream's answer relayed), by route, status and error code "
+    "(the `error` field of the JSON body).",
+    ["route", "status", "error"],
+)
 
 _children: dict[tuple, object] = {}
 
@@ -103,6 +109,10 @@ def observe_request(*, route: str, method: str, status: int, seconds: float, bod
         child(bytes_out, route).inc(body_out)
 
 
+def own_error(*, route: str, status: int, error: str) -> None:
+    child(own_errors, route, str(status), error).inc()
+
+
 def observe_upstream(*, upstream: str, seconds: float, retry_reasons: list[str]) -> None:
     child(upstream_duration, upstream).observe(seconds)
     for reason in retry_reasons:
@@ -126,10 +136,16 @@ def redis_error(operation: str) -> None:
     child(redis_errors, operation).inc()
 
 
-def render() -> bytes:
-    """The exposition of every worker's metrics (or this process's, outside gunicorn)."""
+def instance_registry() -> CollectorRegistry:
+    """Every worker's metrics added up (or this process's, outside gunicorn): what /metrics and the admin's
+    status page read."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
-    return generate_latest(DEFAULT_REGISTRY)
+        return registry
+    return DEFAULT_REGISTRY
+
+
+def render() -> bytes:
+    """The exposition of every worker's metrics (or this process's, outside gunicorn)."""
+    return generate_latest(instance_registry())

@@ -60,6 +60,9 @@ class GatewayMiddleware:
             body_in=ctx.bytes_in,
             body_out=sent,
         )
+        error = getattr(response, "gateway_error", None)
+        if error is not None:
+            metrics.own_error(route=ctx.route_label, status=status, error=error)
         self.access_log.write(ctx, request, status, sent)
 
 

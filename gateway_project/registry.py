@@ -31,3 +31,17 @@ api_viewsets: list[tuple[str, type]] = []
 #: Functions that report the health of each upstream's targets, for pages that show upstreams (the breakers
 #: page). Each is called with `upstream_ids=[...]` and returns {upstream id: [objects with as_dict()]}.
 upstream_health_providers: list[Callable[..., dict[int, list[Any]]]] = []
+
+#: Functions that report the live breakers, for the status page and the route page. Each is called with
+#: `names=[upstream names]` (None: all) and returns dicts: upstream_id, upstream, mode, state, label (words an
+#: operator reads: "forced open"), css (closed, open, half-open, forced, disabled, shadow, unknown),
+#: consecutive_failures, window_failures, window_calls, next_probe_in, error.
+breaker_status_providers: list[Callable[..., list[dict]]] = []
+
+#: Functions that report the busiest rate-limited clients now, for the status page: called with `top=N`, they
+#: return dicts: policy, client (as the policy counts it: "ip 10.0.0.1"), used, limit, expires_in.
+limited_client_providers: list[Callable[..., list[dict]]] = []
+
+#: Functions that describe, for a route's page, what of their app applies to it: called with `route_id=` and
+#: `upstream_name=`, each returns a list of (heading, [lines]) to show.
+route_page_providers: list[Callable[..., list[tuple[str, list[str]]]]] = []

@@ -14,4 +14,6 @@ def json_error(request, status: int, error: str, message: str, **extra) -> HttpR
         **extra,
         "request_id": request.gateway.id if hasattr(request, "gateway") else None,
     }
-    return HttpResponse(json.dumps(body), status=status, content_type="application/json")
+    response = HttpResponse(json.dumps(body), status=status, content_type="application/json")
+    response.gateway_error = error  # counted as the gateway's own answer (metrics.own_errors)
+    return response

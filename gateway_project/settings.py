@@ -85,7 +85,7 @@ GATEWAY_ADMIN_PREFIXES = (_admin, "/_gateway/api")
 # --- Django --------------------------------------------------------------------------------------------------
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "gateway_project.admin_site.GatewayAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from django.apps import apps
+from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -10,7 +13,7 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 from redis.exceptions import RedisError
 
-from gateway_project import store
+from gateway_project import status, store
 from gateway_project.admin import AuditedAdmin, actor_of
 from limits import services
 from limits.models import ApiKey, Consumer, RateLimitPolicy
@@ -40,7 +43,6 @@ class ConsumerAdmin(AuditedAdmin):
     list_display = ("name", "enabled", "active_keys", "created_at")
     list_filter = ("enabled",)
     search_fields = ("name", "description", "api_keys__prefix", "api_keys__label")
-    readonly_fields = ("created_at", "updated_at")
     inlines = [ApiKeyInline]
     actions = ["create_api_key"]
 
@@ -52,26 +54,105 @@ class ConsumerAdmin(AuditedAdmin):
     def active_keys(self, obj: Consumer) -> int:
         return obj._active_keys
 
-    @admin.action(description="Create an API key for each selected consumer")
-    def create_api_key(self, request: HttpRequest, queryset):
+    readonly_fields = ("new_key", "created_at", "updated_at")
+
+    @admin.display(description="API keys")
+    def new_key(self, obj: Consumer) -> str:
+        if not obj.pk:
+            return "Save the consumer, then create its keys here."
+        return format_html(
+            '<a class="button" id="create-api-key" href="{}">Create an API key…</a>',
+            reverse("admin:limits_consumer_new_key", args=[obj.pk]),
+        )
+
+    def get_urls(self):
+        return [
+            path("<int:pk>/new-key/", self.admin_site.admin_view(self.new_key_view), name="limits_consumer_new_key"),
+            path("new-keys/", self.admin_site.admin_view(self.shown_once_view), name="limits_consumer_new_keys"),
+            *super().get_urls(),
+        ]
+
+    def new_key_view(self, request: HttpRequest, pk: int):
+        """A label, then the key: made on POST, shown after a redirect (a reload makes no second key)."""
+        consumer = get_object_or_404(Consumer, pk=pk)
+        if not self.has_change_permission(request, consumer):
+            raise PermissionDenied
+        error = None
+        if request.method == "POST":
+            label = request.POST.get("label", "").strip()
+            if len(label) > ApiKey._meta.get_field("label").max_length:
+                error = f"A label has at most {ApiKey._meta.get_field('label').max_length} characters."
+            else:
+                return self._created(request, [(consumer, label)])
+        return TemplateResponse(
+            request,
+            "admin/limits/new_key_form.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": f"New API key for {consumer.name}",
+                "consumer": consumer,
+                "opts": self.model._meta,
+                "error": error,
+            },
+        )
+
+    def _created(self, request: HttpRequest, wanted: list[tuple[Consumer, str]]):
         actor = actor_of(request)
-        created = [(consumer, services.create_api_key(consumer=consumer, actor=actor)[1]) for consumer in queryset]
+        shown = []
+        for consumer, label in wanted:
+            key, plaintext = services.create_api_key(consumer=consumer, actor=actor, label=label)
+            shown.append({"consumer": consumer.name, "label": label, "prefix": key.prefix, "key": plaintext})
+        # Kept until the next page shows it, once: the session is the admin's own and lives server-side.
+        request.session[_SHOWN_ONCE] = shown
+        return HttpResponseRedirect(reverse("admin:limits_consumer_new_keys"))
+
+    def shown_once_view(self, request: HttpRequest):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        created = request.session.pop(_SHOWN_ONCE, [])
         return TemplateResponse(
             request,
             "admin/limits/new_keys.html",
             {
                 **self.admin_site.each_context(request),
-                "title": "New API keys",
+                "title": "New API keys" if created else "API keys already shown",
                 "created": created,
+                "header": settings.GATEWAY_API_KEY_HEADER,
+                "example_url": _example_url(),
                 "opts": self.model._meta,
             },
         )
+
+    @admin.action(description="Create an API key for each selected consumer")
+    def create_api_key(self, request: HttpRequest, queryset):
+        return self._created(request, [(consumer, "") for consumer in queryset])
+
+
+_SHOWN_ONCE = "gateway_new_api_keys"
+
+
+def _example_url() -> str:
+    """A URL to try a new key on: a route that needs a key if there is one (routes are the proxy app's)."""
+    host, port = settings.GATEWAY_LISTEN
+    authority = host if port == 80 else f"{host}:{port}"
+    route = (
+        apps.get_model("proxy", "Route")
+        .objects.filter(enabled=True)
+        .order_by("-require_api_key", "name")
+        .values("path_prefix", "host")
+        .first()
+    )
+    if route is None:
+        return f"http://{authority}/"
+    prefix = route["path_prefix"].rstrip("/") + "/"
+    return f"http://{route['host'].replace('*', 'www') if route['host'] else authority}{prefix}"
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(AuditedAdmin):
     save_service = services.save_api_key
     delete_service = services.delete_api_key
+    service_arg = "key"
     list_display = ("prefix", "consumer", "label", "created_at", "revoked_at", "status")
     list_filter = (("revoked_at", admin.EmptyFieldListFilter), "consumer")
     list_select_related = ("consumer",)
@@ -98,19 +179,24 @@ class ApiKeyAdmin(AuditedAdmin):
 class RateLimitPolicyAdmin(AuditedAdmin):
     save_service = services.save_policy
     delete_service = services.delete_policy
+    service_arg = "policy"
     list_display = ("name", "applies_to", "key_by", "rate", "algorithm", "mode", "on_redis_failure", "enabled")
     list_filter = ("enabled", "scope", "mode", "algorithm", "key_by", "on_redis_failure")
     list_select_related = ("route", "consumer")
     search_fields = ("name", "route__name", "consumer__name", "header_name")
     readonly_fields = ("live_usage", "created_at", "updated_at")
     fieldsets = (
+        ("Live", {"fields": ("live_usage",)}),
         (None, {"fields": ("name", "enabled", "mode")}),
         ("Applies to", {"fields": ("scope", "route", "consumer")}),
         ("Counts", {"fields": ("key_by", "header_name", "limit", "window_seconds", "algorithm", "burst")}),
         ("Behaviour", {"fields": ("on_redis_failure", "legacy_headers")}),
-        ("Live", {"fields": ("live_usage",)}),
         ("History", {"fields": ("created_at", "updated_at")}),
     )
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        return fieldsets if obj is not None else fieldsets[1:]
 
     @admin.display(description="applies to", ordering="scope")
     def applies_to(self, obj: RateLimitPolicy) -> str:
@@ -124,25 +210,33 @@ class RateLimitPolicyAdmin(AuditedAdmin):
     def rate(self, obj: RateLimitPolicy) -> str:
         return f"{obj.limit} / {obj.window_seconds} s"
 
-    @admin.display(description="busiest clients now")
+    @admin.display(description="now")
     def live_usage(self, obj: RateLimitPolicy) -> str:
-        if not obj.pk:
-            return "Save the policy to see its live counters."
+        decided = status.policy_rejections(settings.GATEWAY_RUN_DIR, obj.name) or {}
+        rejected = format_html(
+            "<p><strong>{}</strong> rejected and {} allowed in the last minute; {} rejected since this instance "
+            "started (this instance's figures).</p>",
+            f"{decided.get('rejected', 0):.0f}",
+            f"{decided.get('allowed', 0):.0f}",
+            f"{decided.get('rejected_total', 0):.0f}",
+        )
+        link = reverse("admin:limits_ratelimitpolicy_usage", args=[obj.pk])
         try:
             rows = services.policy_usage(policy=obj, top=10, client=store.page_client())
         except RedisError as exc:
-            return f"Redis is unavailable ({type(exc).__name__}); no live usage."
-        link = reverse("admin:limits_ratelimitpolicy_usage", args=[obj.pk])
+            return format_html("{}<p>Redis is unavailable ({}); no live usage.</p>", rejected, type(exc).__name__)
         if not rows:
-            return format_html('No client is being counted right now. <a href="{}">Live usage</a>', link)
+            none = '{}<p>No client is being counted right now. <a href="{}">Live usage</a></p>'
+            return format_html(none, rejected, link)
         table = format_html_join(
             "",
-            "<tr><td><code>{}</code></td><td>{} / {}</td><td>{} s</td></tr>",
-            ((r.client, r.used, r.limit, f"{r.expires_in:.0f}") for r in rows),
+            "<tr><td>{}</td><td>{} / {}</td><td>{} s</td></tr>",
+            ((services.readable_client(r.client), r.used, r.limit, f"{r.expires_in:.0f}") for r in rows),
         )
         return format_html(
-            "<table><tr><th>client</th><th>used</th><th>expires in</th></tr>{}</table>"
-            '<p><a href="{}">Live usage, and clearing a client\'s counter</a></p>',
+            "{}<table><tr><th>client</th><th>used</th><th>resets in</th></tr>{}</table>"
+            '<p><a href="{}">Live usage, and clearing a client\'s count</a></p>',
+            rejected,
             table,
             link,
         )
@@ -193,7 +287,10 @@ class RateLimitPolicyAdmin(AuditedAdmin):
         except RedisError as exc:
             self.message_user(request, f"Redis is unavailable ({type(exc).__name__}).", messages.ERROR)
         else:
+            who = services.readable_client(client)
             self.message_user(
-                request, f"Cleared {client}." if cleared else "That counter had already expired.", messages.SUCCESS
+                request,
+                f"Cleared the count of {who}." if cleared else f"The count of {who} had already expired.",
+                messages.SUCCESS,
             )
         return HttpResponseRedirect(reverse("admin:limits_ratelimitpolicy_usage", args=[pk]))

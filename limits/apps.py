@@ -21,3 +21,5 @@ class LimitsConfig(AppConfig):
         registry.add(registry.api_viewsets, ("consumers", api.ConsumerViewSet))
         registry.add(registry.api_viewsets, ("api-keys", api.ApiKeyViewSet))
         registry.add(registry.api_viewsets, ("rate-limit-policies", api.PolicyViewSet))
+        registry.add(registry.limited_client_providers, services.busiest_clients)
+        registry.add(registry.route_page_providers, services.route_page_lines)

@@ -107,19 +107,22 @@ def check(
     consumer: ConsumerInfo | None,
     route_id: int,
     environ,
+    dry_run: bool = False,
 ) -> Outcome:
+    """`dry_run` (the route tester's): decide as check would, counting nothing anywhere and telling no listener."""
     keys = [
         p.counter_key(bucket(p, client_ip=client_ip, consumer=consumer, route_id=route_id, environ=environ))
         for p in policies
     ]
     try:
-        reply = storage.check(keys, [p.args for p in policies])
+        reply = (storage.peek if dry_run else storage.check)(keys, [p.args for p in policies])
     except RedisError as exc:
-        outcome = _fallback(policies, keys, exc)
+        outcome = _fallback(policies, keys, exc, count=not dry_run)
     else:
         outcome = _from_reply(policies, reply)
-    for listener in listeners:
-        listener(outcome)
+    if not dry_run:
+        for listener in listeners:
+            listener(outcome)
     return outcome
 
 
@@ -141,7 +144,9 @@ def _from_reply(policies: tuple[CompiledPolicy, ...], reply: list[int]) -> Outco
     return outcome
 
 
-def _fallback(policies: tuple[CompiledPolicy, ...], keys: list[str], error: RedisError) -> Outcome:
+def _fallback(
+    policies: tuple[CompiledPolicy, ...], keys: list[str], error: RedisError, *, count: bool = True
+) -> Outcome:
     outcome = Outcome(results=[], redis_error=type(error).__name__)
     local = []
     for policy, key in zip(policies, keys, strict=True):
@@ -165,11 +170,12 @@ def _fallback(policies: tuple[CompiledPolicy, ...], keys: list[str], error: Redi
                 outcome.unavailable = result
         outcome.results.append(result)
     # As in the Redis script: a request that is refused consumes no quota anywhere.
-    if outcome.rejected is None and outcome.unavailable is None:
+    if count and outcome.rejected is None and outcome.unavailable is None:
         for policy, key, result in local:
             if result.allowed:
                 _local.hit(
                     key, algorithm=policy.algorithm, limit=policy.limit, window=policy.window, burst=policy.burst
                 )
-    _fallback_log.note(error=str(error) or type(error).__name__, policies=outcome.summary())
+    if count:
+        _fallback_log.note(error=str(error) or type(error).__name__, policies=outcome.summary())
     return outcome

@@ -57,7 +57,12 @@ class RateLimitMiddleware:
             return self.get_response(request)
         started = time.perf_counter()
         outcome = limiter.check(
-            policies, client_ip=ctx.client_ip, consumer=consumer, route_id=route.id, environ=request.META
+            policies,
+            client_ip=ctx.client_ip,
+            consumer=consumer,
+            route_id=route.id,
+            environ=request.META,
+            dry_run=ctx.dry_run,
         )
         ctx.timings["ratelimit"] = time.perf_counter() - started
         ctx.ratelimit = outcome

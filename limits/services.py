@@ -84,6 +84,10 @@ class CounterUsage:
     limit: int
     expires_in: float
 
+    @property
+    def who(self) -> str:
+        return readable_client(self.client)
+
 
 def policy_usage(*, policy: RateLimitPolicy, top: int = 20, client=None) -> list[CounterUsage]:
     """The busiest counters of a policy right now, read from Redis (with `client`, pages pass a short budget)."""
@@ -126,3 +130,64 @@ def ensure_demo_policy(route, actor: Actor) -> list[str]:
     )
     save_policy(policy=policy, actor=actor)
     return ["Created rate limit 'demo-per-ip': 100 requests per minute per client IP on /demo/"]
+
+
+def readable_client(client: str) -> str:
+    """A counted client as an operator reads it: 'ip:<203.0.113.7>' -> 'ip 203.0.113.7' (never a Redis key)."""
+    kind, _, value = client.partition(":")
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1]
+    return f"{kind} {value}" if value else client
+
+
+def busiest_clients(*, top: int = 10) -> list[dict]:
+    """The clients closest to (or at) their limit, over every enabled policy, for the status page
+    (registry.limited_client_providers); read with the pages' Redis budget, at most 1,000 counters a policy."""
+    from gateway_project import store
+
+    client = store.page_client()
+    rows = []
+    for policy in RateLimitPolicy.objects.filter(enabled=True).order_by("name"):
+        compiled = compile_policy(policy)
+        found = storage.usage(
+            compiled.counter_pattern,
+            algorithm=compiled.algorithm,
+            limit=compiled.limit,
+            window=compiled.window,
+            burst=compiled.burst,
+            scan_limit=1000,
+            client=client,
+        )
+        capacity = compiled.burst if compiled.algorithm == "G" else compiled.limit
+        for key, used, ttl in found[:top]:
+            rows.append(
+                {
+                    "policy": policy.name,
+                    "client": readable_client(compiled.bucket_of(key)),
+                    "used": used,
+                    "limit": capacity,
+                    "expires_in": ttl,
+                }
+            )
+    rows.sort(key=lambda r: (-r["used"] / (r["limit"] or 1), r["policy"], r["client"]))
+    return rows[:top]
+
+
+def route_page_lines(*, route_id: int, upstream_name: str) -> list[tuple[str, list[str]]]:
+    """For the route's admin page: the rate-limit policies that apply to its requests."""
+    lines = []
+    policies = RateLimitPolicy.objects.filter(enabled=True).select_related("consumer").order_by("scope", "name")
+    for policy in policies:
+        if policy.scope == RateLimitPolicy.Scope.ROUTE and policy.route_id != route_id:
+            continue
+        where = {
+            RateLimitPolicy.Scope.GLOBAL: "every route",
+            RateLimitPolicy.Scope.ROUTE: "this route",
+            RateLimitPolicy.Scope.CONSUMER: f"consumer {policy.consumer} only",
+        }.get(policy.scope, policy.scope)
+        shadow = ", shadow: never rejects" if policy.mode == RateLimitPolicy.Mode.SHADOW else ""
+        lines.append(
+            f"{policy.name}: {policy.limit} per {policy.window_seconds} s per {policy.get_key_by_display()} "
+            f"({where}{shadow})"
+        )
+    return [("Rate-limit policies that apply", lines or ["none: requests are not limited"])]

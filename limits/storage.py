@@ -28,6 +28,7 @@ SCRIPT = (Path(__file__).parent / "lua" / "check.lua").read_text()
 
 _script = store.Script(SCRIPT, deadline=True)
 _undo = store.Script((Path(__file__).parent / "lua" / "undo.lua").read_text())
+_peek = store.Script((Path(__file__).parent / "lua" / "peek.lua").read_text())
 _member_prefix = os.urandom(6).hex()
 _sequence = itertools.count()
 _undo_log = DegradedLog(logger, "a rejected request's counts could not be given back in every slot")
@@ -65,6 +66,19 @@ def check(keys: list[str], args: Sequence[tuple[str, ...]]) -> list[int]:
         _give_back(member, keys, args, groups, replies)
     if error is not None:
         raise error
+    return merged
+
+
+def peek(keys: list[str], args: Sequence[tuple[str, ...]], *, client=None) -> list[int]:
+    """What check() would answer, counting nothing (the route tester's dry run); `client`: the pages' budget."""
+    client = client or store.page_client()
+    merged = [1] + [0] * (4 * len(keys))
+    for group in store.partition(keys):
+        reply = _peek([keys[i] for i in group], [a for i in group for a in args[i]], client=client)
+        if not reply[0]:
+            merged[0] = 0
+        for position, index in enumerate(group):
+            merged[1 + 4 * index : 5 + 4 * index] = reply[1 + 4 * position : 5 + 4 * position]
     return merged
 
 

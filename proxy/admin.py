@@ -2,12 +2,16 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
-from django.utils.html import format_html
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 
 from gateway_project import registry
-from gateway_project.admin import AuditedAdmin
-from proxy import services
+from gateway_project.admin import AuditedAdmin, actor_of
+from proxy import services, tester
 from proxy.models import Route, Target, Upstream
 
 
@@ -117,8 +121,9 @@ class RouteAdmin(AuditedAdmin):
     list_filter = ("enabled", "require_api_key", "strip_prefix", "upstream")
     list_select_related = ("upstream",)
     search_fields = ("name", "path_prefix", "host", "upstream__name", "description")
-    readonly_fields = ("forwarding", "created_at", "updated_at")
+    readonly_fields = ("live", "forwarding", "created_at", "updated_at")
     fieldsets = (
+        ("Now", {"fields": ("live",)}),
         (None, {"fields": ("name", "enabled", "description")}),
         ("Match", {"fields": ("path_prefix", "host", "methods")}),
         ("Forward", {"fields": ("upstream", "strip_prefix", "max_body_bytes", "forwarding")}),
@@ -127,6 +132,80 @@ class RouteAdmin(AuditedAdmin):
         ("Consumers", {"fields": ("require_api_key", "forward_api_key")}),
         ("History", {"fields": ("created_at", "updated_at")}),
     )
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        return fieldsets if obj is not None else fieldsets[1:]
+
+    @admin.display(description="what applies, live")
+    def live(self, obj: Route) -> str:
+        """The rate-limit policies that apply and the upstream's breaker, from their apps (registry)."""
+        sections = []
+        for provider in registry.route_page_providers:
+            try:
+                sections.extend(provider(route_id=obj.pk, upstream_name=obj.upstream.name))
+            except Exception as exc:  # one app's part failing leaves the rest of the page
+                sections.append(("Unavailable", [f"{type(exc).__name__}: {exc}"]))
+        body = format_html_join(
+            "",
+            "<p><strong>{}</strong></p><ul>{}</ul>",
+            ((title, format_html_join("", "<li>{}</li>", ((line,) for line in lines))) for title, lines in sections),
+        )
+        test = reverse("admin:proxy_route_test", args=[obj.pk])
+        return format_html('{}<p><a class="button" href="{}" id="test-route">Test this route…</a></p>', body, test)
+
+    def get_urls(self):
+        return [
+            path("<int:pk>/test/", self.admin_site.admin_view(self.test_view), name="proxy_route_test"),
+            *super().get_urls(),
+        ]
+
+    def test_view(self, request, pk: int):
+        route = get_object_or_404(Route.objects.select_related("upstream"), pk=pk)
+        if not self.has_change_permission(request, route):
+            raise PermissionDenied
+        defaults = {
+            "method": (route.methods or "GET").split(",")[0],
+            "path": route.path_prefix.rstrip("/") + "/" if route.path_prefix != "/" else "/",
+            "host": tester.default_host(route),
+            "headers": "Accept: application/json",
+            "body": "",
+            "client_ip": request.gateway.client_ip,
+            "dry_run": True,
+        }
+        form, trace, error = defaults, None, None
+        if request.method == "POST":
+            form = {name: request.POST.get(name, "") for name in defaults}
+            form["dry_run"] = request.POST.get("dry_run") == "on"
+            try:
+                trace = tester.run(
+                    route_name=route.name,
+                    method=form["method"],
+                    path=form["path"],
+                    host=form["host"],
+                    headers=tester.parse_headers(form["headers"]),
+                    body=form["body"].encode(),
+                    client_ip=form["client_ip"],
+                    dry_run=form["dry_run"],
+                    actor=actor_of(request),
+                )
+            except tester.TestRequestError as exc:
+                error = str(exc)
+        return TemplateResponse(
+            request,
+            "admin/proxy/route_test.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": f"Test route {route.name}",
+                "opts": self.model._meta,
+                "original": route,
+                "route": route,
+                "form": form,
+                "methods": tester.METHODS,
+                "trace": trace,
+                "error": error,
+            },
+        )
 
     @admin.display(description="host", ordering="host")
     def host_display(self, obj: Route) -> str:

@@ -80,7 +80,10 @@ def test_the_live_page_lists_every_upstream_with_its_live_state(admin_client, up
     assert page.index('class="breaker-open"') < page.index("alpha") < page.index('class="breaker-closed"')
     assert page.index('class="breaker-closed"') < page.index("beta")
     assert "1 consecutive failures (last: status 503)" in page
-    assert page.count('type="submit" value="Apply"') == 2
+    assert page.count('type="submit" value="Apply…"') == 2
+    assert page.count('<option value="" selected>Choose an action…</option>') == 2  # nothing destructive preselected
+    assert 'data-refresh-select="#breakers-live"' in page
+    assert '<span class="gw-badge gw-breaker gw-breaker-open">open</span>' in page
     assert reverse(ACT) in page
     assert reverse("admin:breakers_breakertransition_changelist") in page
 
@@ -97,7 +100,7 @@ def test_the_live_page_says_so_when_redis_is_unavailable(admin_client, upstreams
         response = admin_client.get(reverse(LIVE))
         assert response.status_code == 200
         assert response.content.decode().count("unknown (ConnectionError)") == 2
-        acted = admin_client.post(reverse(ACT), {"upstream": "alpha", "action": "reset"}, follow=True)
+        acted = admin_client.post(reverse(ACT), {"confirm": "yes", "upstream": "alpha", "action": "reset"}, follow=True)
         assert messages_of(acted) == [
             "Redis is unavailable (ConnectionError); nothing changed.",
             "Redis did not answer (ConnectionError); the live state of the breakers is unknown. "
@@ -112,8 +115,28 @@ def test_the_live_page_says_so_when_redis_is_unavailable(admin_client, upstreams
 # actions
 
 
+def test_an_action_asks_for_confirmation_first_and_changes_nothing_until_then(admin_client, upstreams):
+    page = admin_client.post(reverse(ACT), {"upstream": "alpha", "action": "reset"})
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "Reset (close and clear counts)</strong> for:" in text
+    assert 'name="confirm" value="yes"' in text and "No, go back" in text
+    assert state_of("alpha") == OPEN
+    assert not AuditEntry.objects.exists()
+    assert (
+        admin_client.post(reverse(ACT), {"upstream": "alpha", "action": "reset", "confirm": "yes"}).status_code == 302
+    )
+    assert state_of("alpha") == CLOSED
+
+
+def test_a_forced_open_breaker_reads_forced_open_not_closed(admin_client, upstreams):
+    set_breaker_mode("beta", FORCED_OPEN)
+    page = admin_client.get(reverse(LIVE)).content.decode()
+    assert '<span class="gw-badge gw-breaker gw-breaker-forced">forced open by an operator</span>' in page
+
+
 def test_reset_closes_the_breaker_and_redirects(admin_client, upstreams):
-    response = admin_client.post(reverse(ACT), {"upstream": "alpha", "action": "reset"})
+    response = admin_client.post(reverse(ACT), {"confirm": "yes", "upstream": "alpha", "action": "reset"})
     assert response.status_code == 302
     assert response.url == reverse(LIVE)
     assert state_of("alpha") == CLOSED
@@ -147,7 +170,7 @@ def test_reset_closes_the_breaker_and_redirects(admin_client, upstreams):
 )
 def test_mode_actions_change_the_mode_and_redirect(admin_client, upstreams, start, action, message):
     set_breaker_mode("beta", start)
-    response = admin_client.post(reverse(ACT), {"upstream": "beta", "action": action})
+    response = admin_client.post(reverse(ACT), {"confirm": "yes", "upstream": "beta", "action": action})
     assert response.status_code == 302
     assert response.url == reverse(LIVE)
     assert (mode_of("beta"), mode_of("alpha")) == (action, NORMAL)
@@ -162,26 +185,30 @@ def test_mode_actions_change_the_mode_and_redirect(admin_client, upstreams, star
 
 
 def test_setting_the_current_mode_again_changes_nothing(admin_client, upstreams):
-    response = admin_client.post(reverse(ACT), {"upstream": "beta", "action": NORMAL}, follow=True)
+    response = admin_client.post(reverse(ACT), {"confirm": "yes", "upstream": "beta", "action": NORMAL}, follow=True)
     assert messages_of(response) == ["back to normal: nothing to change"]
     assert not BreakerTransition.objects.filter(kind="mode").exists()
 
 
 def test_an_unknown_action_shows_an_error(admin_client, upstreams):
-    response = admin_client.post(reverse(ACT), {"upstream": "alpha", "action": "explode"}, follow=True)
+    response = admin_client.post(
+        reverse(ACT), {"confirm": "yes", "upstream": "alpha", "action": "explode"}, follow=True
+    )
     assert response.status_code == 200
     assert messages_of(response) == ["unknown action 'explode'"]
     assert (state_of("alpha"), mode_of("alpha")) == (OPEN, NORMAL)
 
 
 def test_an_unknown_upstream_shows_an_error(admin_client, upstreams):
-    response = admin_client.post(reverse(ACT), {"upstream": "nope", "action": FORCED_OPEN}, follow=True)
+    response = admin_client.post(
+        reverse(ACT), {"confirm": "yes", "upstream": "nope", "action": FORCED_OPEN}, follow=True
+    )
     assert messages_of(response) == ["no upstream named 'nope'"]
     assert not BreakerTransition.objects.filter(kind="mode").exists()
 
 
 def test_an_action_without_an_upstream_changes_nothing(admin_client, upstreams):
-    admin_client.post(reverse(ACT), {"action": FORCED_OPEN})
+    admin_client.post(reverse(ACT), {"confirm": "yes", "action": FORCED_OPEN})
     assert (mode_of("alpha"), mode_of("beta")) == (NORMAL, NORMAL)
 
 
@@ -205,14 +232,14 @@ def test_view_permission_shows_the_page_without_actions(client, django_user_mode
 
 def test_without_change_permission_actions_are_refused(client, django_user_model, upstreams):
     viewer = staff_client(client, django_user_model, "view_breaker")
-    assert viewer.post(reverse(ACT), {"upstream": "alpha", "action": "reset"}).status_code == 403
-    assert viewer.post(reverse(ACT), {"upstream": "beta", "action": FORCED_OPEN}).status_code == 403
+    assert viewer.post(reverse(ACT), {"confirm": "yes", "upstream": "alpha", "action": "reset"}).status_code == 403
+    assert viewer.post(reverse(ACT), {"confirm": "yes", "upstream": "beta", "action": FORCED_OPEN}).status_code == 403
     assert (state_of("alpha"), mode_of("beta")) == (OPEN, NORMAL)
 
 
 def test_change_permission_allows_actions(client, django_user_model, upstreams):
     operator = staff_client(client, django_user_model, "view_breaker", "change_breaker")
-    assert operator.post(reverse(ACT), {"upstream": "alpha", "action": "reset"}).status_code == 302
+    assert operator.post(reverse(ACT), {"confirm": "yes", "upstream": "alpha", "action": "reset"}).status_code == 302
     assert state_of("alpha") == CLOSED
     assert BreakerTransition.objects.filter(actor="user:operator").exists()
 
@@ -228,7 +255,7 @@ def test_non_staff_users_are_sent_to_the_login(client, django_user_model, upstre
     response = client.get(reverse(LIVE))
     assert response.status_code == 302
     assert reverse("admin:login") in response.url
-    assert client.post(reverse(ACT), {"upstream": "alpha", "action": "reset"}).status_code == 302
+    assert client.post(reverse(ACT), {"confirm": "yes", "upstream": "alpha", "action": "reset"}).status_code == 302
     assert state_of("alpha") == OPEN
 
 

@@ -243,12 +243,16 @@ def test_commands_and_admin_actions_change_the_live_state(gw, upstream, admin_cl
     assert "no upstream named 'nope'" in unknown.stderr
 
     act = reverse("admin:breakers_breaker_act")
-    admin_client.post(act, {"upstream": "backend", "action": "forced_open"})
+    admin_client.post(act, {"confirm": "yes", "upstream": "backend", "action": "forced_open"})
     serve(gw)
     assert {get(gw).json().get("error") for _ in range(8)} == {"circuit_open"}
+    forced = get(gw)
+    assert forced.json()["reason"] == "forced_open"
+    assert forced.json()["message"].startswith("An operator has taken this upstream out of service")
+    assert "Retry-After" not in forced.headers  # no wait would help: an operator decides when it ends
     page = admin_client.get(reverse("admin:breakers_breaker_changelist")).content.decode()
-    assert "forced_open" in page
-    admin_client.post(act, {"upstream": "backend", "action": "normal"})
+    assert "forced open by an operator" in page
+    admin_client.post(act, {"confirm": "yes", "upstream": "backend", "action": "normal"})
     serve(gw)
     assert {get(gw).status_code for _ in range(8)} == {200}
     modes = BreakerTransition.objects.filter(kind="mode").order_by("at", "id")

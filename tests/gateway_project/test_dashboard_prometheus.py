@@ -8,8 +8,6 @@ return data. Prometheus comes from Debian's package (`make test` installs it).
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,7 +18,8 @@ import requests
 from limits.models import RateLimitPolicy
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.gateways import talking_to
-from tests.support.servers import REPO, free_port, wait_until
+from tests.support.prometheus import running_prometheus
+from tests.support.servers import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -60,36 +59,8 @@ def gateway(own_gateway):
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory, gateway):
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus is not installed; `make test` installs Debian's package"
-    workdir = tmp_path_factory.mktemp("prometheus")
-    port = free_port()
-    config = workdir / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n  - job_name: gateway\n    metrics_path: /metrics\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{gateway.port}']\n"
-    )
-    log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--storage.tsdb.retention.time=1h",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: requests.get(f"{base}/-/ready", timeout=1).ok, 30, "prometheus ready")
+    with running_prometheus(tmp_path_factory.mktemp("prometheus"), [gateway.port]) as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 def panel_queries() -> list[tuple[str, str]]:

@@ -98,3 +98,23 @@ def test_the_rate_limit_pages_read_redis_within_the_budget(gateway, own_redis):
     assert change_took < BUDGET, change_took
     assert usage_took < BUDGET, usage_took
     assert RateLimitPolicy.objects.count() == 1
+
+
+def test_the_status_page_answers_within_the_budget_and_names_redis(gateway, own_redis):
+    make_upstream("alpha", "http://127.0.0.1:9")
+    make_policy("per-ip", limit=5, window_seconds=60)
+    serve(gateway)
+    session = login(gateway, "127.0.0.1")
+    own_redis.pause()
+    try:
+        index, index_took = timed(session.get, gateway.url("/admin/"))
+        panel, panel_took = timed(session.get, gateway.url("/admin/status/"))
+    finally:
+        own_redis.resume()
+    assert (index.status_code, panel.status_code) == (200, 200)
+    for page in (index.text, panel.text):
+        assert 'class="gw-check gw-bad" data-check="redis"' in page
+        assert "unknown (Redis did not answer)" in page
+        assert "Redis did not answer (" in page  # the limited clients' panel
+    assert index_took < BUDGET, index_took
+    assert panel_took < BUDGET, panel_took

@@ -15,7 +15,7 @@ from gateway_project import runtime, store
 from gateway_project.models import AuditEntry
 from limits import limiter, services
 from limits.compiled import compile_policy, hash_key
-from limits.models import ApiKey
+from limits.models import ApiKey, RateLimitPolicy
 from tests.support.config import TEST_ACTOR, hit, make_consumer, make_policy
 from tests.support.servers import free_port
 
@@ -56,13 +56,17 @@ def test_create_api_key_action_shows_the_new_key_once(admin_client):
         reverse("admin:limits_consumer_changelist"),
         {"action": "create_api_key", "_selected_action": [acme.pk]},
     )
-    assert response.status_code == 200
-    page = response.content.decode()
-    keys = KEY_RE.findall(page)
+    assert response.status_code == 302  # post/redirect/get: a reload of the page shown next makes no key
+    page = admin_client.get(response.url).content.decode()
+    keys = set(KEY_RE.findall(page))
     assert len(keys) == 1
     (key,) = keys
-    assert page.count(key) == 1
     assert "shown only once" in page
+    assert f"curl -i -H 'X-API-Key: {key}' http://" in page
+    assert 'data-copy="key-1"' in page
+    again = admin_client.get(response.url).content.decode()
+    assert key not in again and 'id="keys-already-shown"' in again
+    assert ApiKey.objects.count() == 1
     stored = ApiKey.objects.get()
     assert (stored.consumer, stored.key_hash, stored.prefix) == (acme, hash_key(key), key[:10])
     # Afterwards the consumer's page shows the prefix, never the key.
@@ -76,13 +80,31 @@ def test_create_api_key_action_for_several_consumers(admin_client):
     response = admin_client.post(
         reverse("admin:limits_consumer_changelist"),
         {"action": "create_api_key", "_selected_action": [c.pk for c in consumers]},
+        follow=True,
     )
-    keys = KEY_RE.findall(response.content.decode())
+    keys = list(dict.fromkeys(KEY_RE.findall(response.content.decode())))
     assert len(set(keys)) == 2
     assert {k.key_hash: k.consumer.name for k in ApiKey.objects.all()} == {
         hash_key(keys[0]): "acme",
         hash_key(keys[1]): "globex",
     }
+
+
+def test_a_key_with_a_label_from_the_consumers_page(admin_client):
+    acme = make_consumer("acme")
+    change = admin_client.get(reverse("admin:limits_consumer_change", args=[acme.pk])).content.decode()
+    form_url = reverse("admin:limits_consumer_new_key", args=[acme.pk])
+    assert f'href="{form_url}"' in change
+    assert 'name="label"' in admin_client.get(form_url).content.decode()
+    response = admin_client.post(form_url, {"label": "billing, production"})
+    assert response.status_code == 302
+    page = admin_client.get(response.url).content.decode()
+    (key,) = set(KEY_RE.findall(page))
+    assert "billing, production" in page
+    stored = ApiKey.objects.get()
+    assert (stored.label, stored.key_hash) == ("billing, production", hash_key(key))
+    assert admin_client.post(form_url, {"label": "x" * 101}).status_code == 200  # refused, said why
+    assert ApiKey.objects.count() == 1
 
 
 def test_revoke_action(admin_client):
@@ -112,6 +134,37 @@ def test_revoke_action(admin_client):
 # live usage
 
 
+def test_policies_and_key_labels_are_saved_from_the_admin_through_their_services(admin_client):
+    """The services name their object `policy` and `key`, not after the model (ratelimitpolicy, apikey)."""
+    response = admin_client.post(
+        reverse("admin:limits_ratelimitpolicy_add"),
+        {
+            "name": "per-ip-admin",
+            "enabled": "on",
+            "mode": "enforce",
+            "scope": "global",
+            "key_by": "ip",
+            "limit": "7",
+            "window_seconds": "60",
+            "algorithm": "sliding_log",
+            "burst": "",
+            "on_redis_failure": "allow",
+        },
+    )
+    assert response.status_code == 302, re.findall(r"errorlist[^>]*>(.*?)</ul>", response.content.decode())
+    assert RateLimitPolicy.objects.get(name="per-ip-admin").limit == 7
+    key, _ = services.create_api_key(consumer=make_consumer("acme"), actor=TEST_ACTOR)
+    edited = admin_client.post(reverse("admin:limits_apikey_change", args=[key.pk]), {"label": "renamed"})
+    assert edited.status_code == 302
+    key.refresh_from_db()
+    assert key.label == "renamed"
+    assert list(AuditEntry.objects.order_by("id").values_list("object_type", "action", "via")) == [
+        ("rate_limit", "create", "admin"),
+        ("api_key", "create", "cli"),
+        ("api_key", "update", "admin"),
+    ]
+
+
 def test_policy_change_page_without_counters(admin_client):
     policy = make_policy()
     page = admin_client.get(reverse("admin:limits_ratelimitpolicy_change", args=[policy.pk])).content.decode()
@@ -124,8 +177,10 @@ def test_policy_change_page_shows_live_usage(admin_client):
     url = reverse("admin:limits_ratelimitpolicy_change", args=[policy.pk])
     hit(policy, "192.0.2.1", 3)
     page = admin_client.get(url).content.decode()
-    assert escape("ip:<192.0.2.1>") in page
+    assert "<td>ip 192.0.2.1</td>" in page and "ip:&lt;" not in page and "{" + "gw" not in page
     assert "3 / 5" in page
+    assert "rejected and" in page and "rejected since this instance started" in page
+    assert page.index("rejected and") < page.index('name="limit"')  # above the form
     assert reverse("admin:limits_ratelimitpolicy_usage", args=[policy.pk]) in page
 
 
@@ -137,7 +192,7 @@ def test_usage_page_lists_counters_busiest_first(admin_client):
     assert response.status_code == 200
     assert [(r.key, r.used) for r in response.context["rows"]] == [(busy, 4), (quiet, 1)]
     page = response.content.decode()
-    assert page.index(escape("ip:<192.0.2.2>")) < page.index(escape("ip:<192.0.2.1>"))
+    assert page.index("<td>ip 192.0.2.2</td>") < page.index("<td>ip 192.0.2.1</td>")
     assert "4 / 5" in page and "1 / 5" in page
     assert f'value="{escape(compile_policy(policy).bucket_of(busy))}"' in page
     assert reverse("admin:limits_ratelimitpolicy_clear", args=[policy.pk]) in page
@@ -152,7 +207,7 @@ def test_clear_deletes_the_counter(admin_client, redis_client):
     assert response.url == reverse("admin:limits_ratelimitpolicy_usage", args=[policy.pk])
     assert not redis_client.exists(cleared)
     assert redis_client.exists(kept)
-    assert messages_of(admin_client.get(response.url)) == ["Cleared ip:<192.0.2.1>."]
+    assert messages_of(admin_client.get(response.url)) == ["Cleared the count of ip 192.0.2.1."]
     (entry,) = AuditEntry.objects.filter(action="clear_counter")
     assert (entry.actor, entry.via, entry.object_name, entry.note) == (
         "user:admin",
@@ -161,7 +216,7 @@ def test_clear_deletes_the_counter(admin_client, redis_client):
         "ip:<192.0.2.1>: cleared",
     )
     response = admin_client.post(url, {"client": "ip:<192.0.2.1>"}, follow=True)
-    assert messages_of(response) == ["That counter had already expired."]
+    assert messages_of(response) == ["The count of ip 192.0.2.1 had already expired."]
     # The client counts from zero again.
     outcome = limiter.check((compile_policy(policy),), client_ip="192.0.2.1", consumer=None, route_id=1, environ={})
     assert outcome.results[0].remaining == 4
@@ -183,7 +238,7 @@ def test_clear_touches_only_the_policys_own_counter(admin_client, redis_client):
     own_key = hit(policy, "192.0.2.2", 1)
     url = reverse("admin:limits_ratelimitpolicy_clear", args=[policy.pk])
     response = admin_client.post(url, {"client": "ip:<192.0.2.1>"}, follow=True)
-    assert messages_of(response) == ["That counter had already expired."]
+    assert messages_of(response) == ["The count of ip 192.0.2.1 had already expired."]
     response = admin_client.post(url, {"client": ""}, follow=True)
     assert messages_of(response) == ["'' is not a client of policy 'one' (e.g. 'ip:<203.0.113.7>')"]
     assert redis_client.exists(other_key)

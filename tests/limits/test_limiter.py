@@ -233,3 +233,23 @@ def test_unavailable_local_rejected_request_consumes_no_quota(redis_down):
         assert check(loose, strict).rejected is not None
     # Only the first request passed: the loose policy has counted one of its three.
     assert check(loose).results[0].remaining == 1
+
+
+# the route tester's dry run
+
+
+@pytest.mark.parametrize("algorithm", ["sliding_log", "gcra"])
+def test_a_dry_run_decides_as_check_would_and_counts_nothing(redis_client, outcomes, algorithm):
+    policy = make_policy(algorithm=algorithm, limit=3, burst=3)
+    dry = limiter.check((policy,), client_ip=CLIENT, consumer=None, route_id=1, environ={}, dry_run=True)
+    assert (dry.results[0].decision, dry.results[0].remaining) == ("allowed", 2)
+    assert outcomes == []  # metrics are not told: nothing happened
+    assert not redis_client.exists(policy.counter_key(f"ip:<{CLIENT}>"))
+    for _ in range(3):
+        assert check(policy).rejected is None
+    before = redis_client.dump(policy.counter_key(f"ip:<{CLIENT}>"))
+    for _ in range(3):
+        dry = limiter.check((policy,), client_ip=CLIENT, consumer=None, route_id=1, environ={}, dry_run=True)
+        assert dry.rejected is not None and dry.rejected.retry_after > 0
+    assert redis_client.dump(policy.counter_key(f"ip:<{CLIENT}>")) == before
+    assert check(policy).rejected is not None  # the real check agrees

@@ -1,0 +1,181 @@
+"""The admin's status page: the figures taken from a metrics registry (rates, error shares split between the
+upstream's 5xx and the gateway's own, latency quantiles, 429s by policy), the samples an instance's workers
+share, the page itself (staff only, the source named, "View site" gone) and a Prometheus that does not answer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.urls import reverse
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from gateway_project import metrics, runtime, status
+from gateway_project.conf import read
+from limits.models import RateLimitPolicy
+from tests.support.config import make_route, make_upstream
+from tests.support.servers import free_port
+
+
+class Registry:
+    """The gateway's metric families, in a registry of the test's own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("gateway_requests", "", ["route", "method", "status"], registry=self.registry)
+        self.errors = Counter("gateway_errors", "", ["route", "status", "error"], registry=self.registry)
+        self.duration = Histogram(
+            "gateway_request_duration_seconds", "", ["route"], buckets=status.BUCKETS[:-1], registry=self.registry
+        )
+        self.decisions = Counter("gateway_ratelimit_decisions", "", ["policy", "decision"], registry=self.registry)
+
+    def serve(self, route: str, code: int, seconds: float, times: int = 1, own: str | None = None) -> None:
+        for _ in range(times):
+            self.requests.labels(route, "GET", str(code)).inc()
+            self.duration.labels(route).observe(seconds)
+            if own:
+                self.errors.labels(route, str(code), own).inc()
+
+    def sample(self, at: float) -> dict:
+        return status.take_sample(self.registry, now=at)
+
+
+def test_rates_shares_latency_and_429s_over_the_window():
+    metrics = Registry()
+    metrics.serve("orders", 200, 0.004, times=10)
+    metrics.serve("(gateway)", 200, 0.001, times=50)  # the admin's own traffic is not a route
+    first = metrics.sample(1000.0)
+    metrics.serve("orders", 200, 0.004, times=60)  # p50 in the 2.5-5 ms bucket
+    metrics.serve("orders", 200, 0.2, times=20)  # p95 in the 100-250 ms bucket
+    metrics.serve("orders", 404, 0.004, times=4)
+    metrics.serve("orders", 429, 0.001, times=6, own="rate_limited")
+    metrics.decisions.labels("per-ip", "rejected").inc(6)
+    metrics.decisions.labels("per-ip", "allowed").inc(94)
+    metrics.serve("orders", 503, 0.01, times=6)  # the upstream's own 503s
+    metrics.serve("orders", 503, 0.001, times=4, own="circuit_open")  # the gateway's
+    second = metrics.sample(1010.0)
+
+    figures = status.summarize([first, second])
+    (orders,) = figures.routes
+    assert orders.route == "orders"
+    assert orders.requests == 100
+    assert orders.rps == pytest.approx(10.0)
+    assert orders.share_4xx == pytest.approx(0.10)
+    assert orders.share_upstream_5xx == pytest.approx(0.06)
+    assert orders.share_own_5xx == pytest.approx(0.04)
+    assert orders.rejected_429 == 6
+    assert 2.5 < orders.p50_ms <= 5.0
+    assert 100 < orders.p95_ms <= 250
+    assert figures.policies == [
+        {"policy": "per-ip", "allowed": 94, "rejected": 6, "shadow_rejected": 0, "fallback": 0, "rejected_total": 6}
+    ]
+    assert orders.series == [pytest.approx(10.0)]
+    assert orders.error_series == [pytest.approx(1.0)]
+
+
+def test_one_sample_is_no_rate_yet_and_quantiles_follow_prometheus():
+    metrics = Registry()
+    metrics.serve("orders", 200, 0.004)
+    (orders,) = status.summarize([metrics.sample(1.0)]).routes
+    assert (orders.rps, orders.p50_ms, orders.share_4xx) == (None, None, None)
+    counts = [0, 0, 0, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10]  # all ten in (0.005, 0.01]
+    assert status.quantile(0.5, counts) == pytest.approx(0.0075)
+    assert status.quantile(0.5, [0] * 16) is None
+
+
+def test_the_workers_of_an_instance_share_one_series_of_samples(tmp_path):
+    taken = []
+
+    def take(now):
+        taken.append(now)
+        return {"t": now, "routes": {"r": {"n": 10.0 * len(taken)}}, "policies": {}}
+
+    every = status.SAMPLE_EVERY
+    assert len(status.samples(str(tmp_path), now=100.0, take=take)) == 1
+    assert len(status.samples(str(tmp_path), now=100.0 + every / 2, take=take)) == 1  # too young: no new one
+    assert len(status.samples(str(tmp_path), now=100.0 + every, take=take)) == 2
+    kept = status.samples(str(tmp_path), now=100.0 + status.KEEP + 1, take=take)
+    assert [s["t"] for s in kept] == [100.0 + every, 100.0 + status.KEEP + 1]  # older than KEEP: dropped
+    assert taken == [100.0, 100.0 + every, 100.0 + status.KEEP + 1]
+
+    def restarted(now):
+        return {"t": now, "routes": {"r": {"n": 1.0}}, "policies": {}}
+
+    assert len(status.samples(str(tmp_path), now=2000.0, take=restarted)) == 1  # counters went back: start again
+
+
+def test_the_sparkline_is_an_svg_of_numbers():
+    drawn = status.sparkline([0, 1, 2, 1])
+    assert drawn.startswith("<svg") and "<polyline" in drawn and 'points="0.0,' in drawn
+    assert "<polyline" not in status.sparkline([3.0])
+
+
+def test_a_prometheus_url_must_be_http():
+    with pytest.raises(Exception, match="GATEWAY_PROMETHEUS_URL"):
+        read({"GATEWAY_PROMETHEUS_URL": "prometheus:9090", "DEBUG": "1"})
+    assert read({"GATEWAY_PROMETHEUS_URL": "http://prom:9090/", "DEBUG": "1"})["GATEWAY_PROMETHEUS_URL"] == (
+        "http://prom:9090"
+    )
+
+
+@pytest.fixture
+def in_process(settings, monkeypatch, tmp_path):
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    settings.STATIC_ROOT = tmp_path
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.GATEWAY_RUN_DIR = str(tmp_path)
+    monkeypatch.setattr(runtime, "start", lambda: None)
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("redis_prefix", "in_process")
+def test_the_admin_opens_on_the_status_page(admin_client, client):
+    upstream = make_upstream("orders-api", breaker_mode="forced_open")
+    make_route("orders", "/orders", upstream=upstream)
+    RateLimitPolicy.objects.create(name="per-ip", limit=5, window_seconds=60)
+    metrics.observe_request(route="orders", method="GET", status=200, seconds=0.01, body_in=0, body_out=10)
+    page = admin_client.get(reverse("admin:index")).content.decode()
+    assert 'id="gateway-status"' in page and "Figures: <strong>this instance</strong>" in page
+    assert 'data-check="database"' in page and 'data-check="redis"' in page and 'data-check="config"' in page
+    assert 'data-upstream="orders-api"' in page and "forced open by an operator" in page
+    assert "gw-breaker-forced" in page
+    assert "View site" not in page
+    assert page.index('id="gateway-status"') < page.index("Configuration</h2>")
+
+    panel = admin_client.get(reverse("admin:gateway_status")).content.decode()
+    assert panel.lstrip().startswith('<div class="gw-status">') and "<html" not in panel
+    data = json.loads(admin_client.get(reverse("admin:gateway_status_json")).content)
+    assert data["figures"]["source"] == "instance"
+    (orders,) = [r for r in data["figures"]["routes"] if r["route"] == "orders"]
+    assert "spark" not in orders and "series" in orders
+    assert data["health"]["database"] == "ok"
+    assert [b["upstream"] for b in data["breakers"]] == ["orders-api"]
+
+    for name in ("admin:index", "admin:gateway_status", "admin:gateway_status_json"):
+        anonymous = client.get(reverse(name))
+        assert anonymous.status_code == 302 and "/login/" in anonymous["Location"]
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("redis_prefix", "in_process")
+def test_a_prometheus_that_does_not_answer_is_named_and_the_instance_figures_shown(admin_client, settings):
+    settings.GATEWAY_PROMETHEUS_URL = f"http://127.0.0.1:{free_port()}"
+    data = json.loads(admin_client.get(reverse("admin:gateway_status_json")).content)
+    assert data["figures"]["source"] == "instance"
+    assert data["figures"]["error"].startswith(f"Prometheus at {settings.GATEWAY_PROMETHEUS_URL} did not answer")
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("redis_prefix", "in_process")
+def test_staff_without_the_permissions_see_no_upstream_or_client(client, django_user_model):
+    make_upstream("orders-api")
+    user = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    client.force_login(user)
+    page = client.get(reverse("admin:gateway_status")).content.decode()
+    assert "orders-api" not in page
+    assert "Needs the permission to view breakers." in page
+    assert "Needs the permission to view rate limit policies." in page
+    assert 'data-check="redis"' in page
