@@ -161,6 +161,10 @@ class TargetHealth:
             return "unhealthy"
         if self.ejected_in:
             return "ejected"
+        if self.active == "unchecked" and not self.workers:
+            # One target and no active check: nothing to eject it from, so no worker tracks its health (the
+            # upstream's breaker covers it). Saying "healthy" would claim what nobody measured.
+            return "untracked"
         return "healthy"
 
     def as_dict(self) -> dict:

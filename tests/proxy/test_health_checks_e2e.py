@@ -117,20 +117,3 @@ def test_the_breakers_page_shows_each_targets_health(checked, two, run_dir):
     assert f"127.0.0.1:{two[1].port}" in page
     reports = services.target_health(upstreams=["checked"], run_dir=run_dir)
     assert {r.workers for r in reports} == {2}  # both workers published their view
-
-
-def test_without_a_run_dir_set_the_instance_makes_its_own_and_probes(live, upstream):
-    """gunicorn.conf.py makes a run directory when GATEWAY_RUN_DIR is unset; the workers must see it (they
-    inherit the settings the master imported), or no worker ever starts the health checks."""
-    checked = make_upstream(
-        "self-made-run-dir",
-        "http://service.internal",
-        health_check_path="/healthz",
-        health_check_interval=INTERVAL,
-        max_retries=0,
-    )
-    Target.objects.create(upstream=checked, address=f"127.0.0.1:{upstream.port}")
-    make_route("self-made-run-dir", "/self", checked)
-    serve(live)
-    assert "GATEWAY_RUN_DIR" not in live.env
-    wait_until(lambda: len(probes(upstream)) >= 2, 10, "probes from a gateway started without GATEWAY_RUN_DIR")

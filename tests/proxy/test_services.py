@@ -54,5 +54,5 @@ def test_bad_or_unknown_targets_are_refused():
 def test_target_health_outside_an_instance_lists_the_configuration():
     make_upstream("solo", "https://solo.internal")
     (row,) = services.target_health(upstreams=["solo"], run_dir="")
-    assert (row.address, row.workers, row.active, row.state) == ("solo.internal:443", 0, "unchecked", "healthy")
-    assert row.as_dict()["state"] == "healthy"
+    assert (row.address, row.workers, row.active, row.state) == ("solo.internal:443", 0, "unchecked", "untracked")
+    assert row.as_dict()["state"] == "untracked"  # nobody tracks one target without checks

@@ -16,6 +16,7 @@ import requests
 from proxy.models import Target
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.metrics import scrape, total
+from tests.support.servers import wait_until
 from tests.support.target import TargetProcess
 from tests.support.upstream import Upstream
 
@@ -232,3 +233,22 @@ def test_the_deadline_goes_upstream_and_a_spent_one_is_not_sent(live, three):
     # A client cannot lengthen the deadline past the upstream's.
     requests.get(live.url("/timed/x"), headers={"X-Deadline-Ms": "99999999"}, timeout=10)
     assert int(three[0].received[-1].header("X-Deadline-Ms")) <= 5000
+
+
+def test_without_a_run_dir_set_the_instance_makes_its_own_and_probes(live, upstream):
+    """gunicorn.conf.py makes a run directory when GATEWAY_RUN_DIR is unset; the workers must see it (they
+    inherit the settings the master imported), or no worker ever starts the health checks."""
+    checked = make_upstream(
+        "self-made-run-dir",
+        "http://service.internal",
+        health_check_path="/healthz",
+        health_check_interval=0.2,
+        max_retries=0,
+    )
+    Target.objects.create(upstream=checked, address=f"127.0.0.1:{upstream.port}")
+    make_route("self-made-run-dir", "/self", checked)
+    serve(live)
+    assert "GATEWAY_RUN_DIR" not in live.env
+    wait_until(
+        lambda: len(upstream.requests_to("/healthz")) >= 2, 10, "probes from a gateway started without GATEWAY_RUN_DIR"
+    )
