@@ -10,7 +10,7 @@ import structlog
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 
-from gateway_project import client_ip, metrics
+from gateway_project import client_ip, metrics, status
 from gateway_project.access_log import AccessLog
 from gateway_project.context import RequestContext
 from gateway_project.request_id import request_id
@@ -24,6 +24,10 @@ class GatewayMiddleware:
         self.server_timing = settings.GATEWAY_SERVER_TIMING
         self.access_log = AccessLog(log_query=settings.GATEWAY_LOG_QUERY)
         self.trusted = settings.GATEWAY_TRUSTED_PROXIES
+        if settings.GATEWAY_CONFIG_WATCH and not settings.GATEWAY_PROMETHEUS_URL:
+            # A gunicorn worker (not a command or an in-process test) whose status page reads this instance's
+            # figures: keep them sampled. With a Prometheus, the page's history comes from there.
+            status.start(settings.GATEWAY_RUN_DIR)
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         started = time.perf_counter()

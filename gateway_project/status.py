@@ -1,11 +1,12 @@
 """The figures of the admin's status page: per route, per rate-limit policy, over the last minute and the last
 minutes, from this instance's own metrics or, when GATEWAY_PROMETHEUS_URL is set, from Prometheus (the fleet).
 
-This instance: every worker's metrics added up (the multiprocess files /metrics reads too), sampled when the
-page or its refresh asks, at most every SAMPLE_EVERY seconds. The samples are kept in one small file in
-GATEWAY_RUN_DIR that every worker of the instance shares (in memory outside gunicorn), so the charts do not
-depend on which worker answers a refresh. Nothing of this runs on the proxied request path: a request only
-increments its counters, as it always did.
+This instance: every worker's metrics added up (the multiprocess files /metrics reads too), sampled every
+SAMPLE_EVERY seconds by a background thread in each gunicorn worker (whichever comes first takes the sample;
+the others find it fresh) and when the page asks. The samples are kept in one small file in GATEWAY_RUN_DIR
+that every worker of the instance shares (in memory outside gunicorn), so the charts show the last minutes as
+soon as the page opens and do not depend on which worker answers a refresh. Nothing of this runs on the
+proxied request path: a request only increments its counters, as it always did.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import itertools
 import json
+import logging
 import math
 import os
 import threading
@@ -26,6 +28,8 @@ from django.utils.safestring import SafeString, mark_safe
 
 from gateway_project import metrics
 from gateway_project.context import OWN
+
+logger = logging.getLogger(__name__)
 
 SAMPLE_EVERY = 4.0  # seconds between two samples, at least (the page refreshes every 5)
 KEEP = 600.0  # seconds of samples kept: the charts' span
@@ -95,8 +99,11 @@ def _keep(samples: list[dict], sample: dict) -> list[dict]:
     return samples
 
 
-def samples(run_dir: str | None, *, now: float | None = None, take=take_sample) -> list[dict]:
-    """The instance's samples, with a new one when the last is SAMPLE_EVERY old (shared through `run_dir`)."""
+def samples(run_dir: str | None, *, now: float | None = None, take=take_sample, wait: bool = True) -> list[dict]:
+    """The instance's samples, with a new one when the last is SAMPLE_EVERY old (shared through `run_dir`).
+
+    `wait=False` (the background sampler's): when another worker holds the file, return [] at once rather
+    than block this worker (a gevent worker's flock blocks every greenlet of it)."""
     now = time.time() if now is None else now
     if not run_dir:
         global _memory
@@ -106,7 +113,10 @@ def samples(run_dir: str | None, *, now: float | None = None, take=take_sample) 
             return list(_memory)
     path = Path(run_dir) / "status-samples.json"
     with open(Path(run_dir) / "status-samples.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return []
         try:
             kept = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -117,6 +127,35 @@ def samples(run_dir: str | None, *, now: float | None = None, take=take_sample) 
             temporary.write_text(json.dumps(kept, separators=(",", ":")))
             os.replace(temporary, path)
         return kept
+
+
+class Sampler(threading.Thread):
+    """A gunicorn worker's: keep the instance's samples going while nobody has the page open."""
+
+    def __init__(self, run_dir: str, every: float = SAMPLE_EVERY) -> None:
+        super().__init__(name="gateway-status-sampler", daemon=True)
+        self.run_dir = run_dir
+        self.every = every
+
+    def run(self) -> None:
+        while True:
+            time.sleep(self.every)
+            try:
+                samples(self.run_dir, wait=False)
+            except Exception:
+                logger.exception("status sample failed")
+
+
+_sampler_pid: int | None = None
+
+
+def start(run_dir: str) -> None:
+    """Start the worker's sampler once per process (gunicorn workers; never commands or tests in-process)."""
+    global _sampler_pid
+    if not run_dir or _sampler_pid == os.getpid():
+        return
+    _sampler_pid = os.getpid()
+    Sampler(run_dir).start()
 
 
 def quantile(q: float, counts: list[float]) -> float | None:
