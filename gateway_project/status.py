@@ -283,7 +283,7 @@ def summarize(kept: list[dict], *, window: float = WINDOW) -> Figures:
         )
     return Figures(
         source="instance",
-        source_detail="this gateway instance: every worker's metrics added up, sampled while this page is open",
+        source_detail=f"this gateway instance: every worker's metrics added up, sampled every {SAMPLE_EVERY:g} s",
         window=elapsed,
         routes=routes,
         policies=policies,
