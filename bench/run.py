@@ -207,7 +207,10 @@ class Bench:
         self.processes: list[Process] = []
         self.ports = {
             name: free_port()
-            for name in ("upstream", "upstream2", "upstream3", "nginx", "hello", "revproxy", "gateway", "redis", "slow")
+            for name in (
+                *("upstream", "upstream2", "upstream3", "nginx", "hello", "revproxy", "gateway", "redis", "slow"),
+                *("fastapi", "fastapi_redis", "aiohttp"),
+            )
         }
 
     def start(self, process: Process) -> Process:
@@ -286,35 +289,13 @@ class Bench:
                     "sync",
                     "-b",
                     f"127.0.0.1:{ports['revproxy']}",
-                    "--chdir",
-                    str(BENCH),
                     "--no-control-socket",
                     "peers.wsgi:application",
                 ],
                 env=common,
+                # gunicorn reads ./gunicorn.conf.py when no -c is given: not the gateway's from the project root.
+                cwd=BENCH,
                 log=work / "revproxy.log",
-            )
-        )
-        self.hello = self.start(
-            Process(
-                "hello",
-                [
-                    str(BIN / "gunicorn"),
-                    "-c",
-                    str(ROOT / "gunicorn.conf.py"),
-                    "--chdir",
-                    str(BENCH),
-                    "peers.wsgi:application",
-                ],
-                env={
-                    **common,
-                    "GATEWAY_LISTEN": f"127.0.0.1:{ports['hello']}",
-                    "GATEWAY_WORKERS": "2",
-                    "REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/1",
-                    "DJANGO_SETTINGS_MODULE": "peers.settings",
-                    "GATEWAY_LOG_LEVEL": "WARNING",
-                },
-                log=work / "hello.log",
             )
         )
         self.gateway_env = {
@@ -329,6 +310,61 @@ class Bench:
             "GATEWAY_VAR_DIR": str(work / "var"),
             "DJANGO_SETTINGS_MODULE": "gateway_project.settings",
         }
+        # Django's hello world under the gateway's own gunicorn configuration, which reads the gateway's settings.
+        self.hello = self.start(
+            Process(
+                "hello",
+                [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "peers.wsgi:application"],
+                env={
+                    **self.gateway_env,
+                    **common,
+                    "GATEWAY_LISTEN": f"127.0.0.1:{ports['hello']}",
+                    "REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/1",
+                    "DJANGO_SETTINGS_MODULE": "peers.settings",
+                    "GATEWAY_LOG_LEVEL": "WARNING",
+                },
+                cwd=BENCH,
+                log=work / "hello.log",
+            )
+        )
+        uvicorn = [
+            str(BIN / "uvicorn"),
+            "peers.fastapi_app:app",
+            *("--workers", "2", "--loop", "uvloop", "--http", "httptools", "--host", "127.0.0.1"),
+            *("--backlog", "4096", "--no-access-log", "--log-level", "warning"),
+        ]
+        self.fastapi = self.start(
+            Process(
+                "fastapi",
+                [*uvicorn, "--port", str(ports["fastapi"])],
+                env=common,
+                cwd=BENCH,
+                log=work / "fastapi.log",
+            )
+        )
+        self.fastapi_redis = self.start(
+            Process(
+                "fastapi_redis",
+                [*uvicorn, "--port", str(ports["fastapi_redis"])],
+                env={**common, "BENCH_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/2"},
+                cwd=BENCH,
+                log=work / "fastapi_redis.log",
+            )
+        )
+        self.aiohttp = self.start(
+            Process(
+                "aiohttp",
+                [
+                    sys.executable,
+                    str(BENCH / "peers" / "aiohttp_proxy.py"),
+                    str(ports["aiohttp"]),
+                    f"http://127.0.0.1:{ports['upstream']}",
+                    "2",
+                ],
+                cwd=BENCH,
+                log=work / "aiohttp.log",
+            )
+        )
         config = work / "gateway.yaml"
         config.write_text(
             json.dumps(
@@ -397,7 +433,7 @@ class Bench:
         waited = (
             ("upstream", "gateway")
             if self.args.only_balancing
-            else ("upstream", "nginx", "revproxy", "hello", "gateway")
+            else ("upstream", "nginx", "revproxy", "hello", "gateway", "fastapi", "fastapi_redis", "aiohttp")
         )
         for name in waited:
             path = {
@@ -406,8 +442,16 @@ class Bench:
                 "revproxy": "/proxy/small",
                 "hello": "/hello",
                 "gateway": "/gw/small",
+                "fastapi": "/small",
+                "fastapi_redis": "/small",
+                "aiohttp": "/small",
             }[name]
-            wait_http(f"http://127.0.0.1:{ports[name]}{path}")
+            try:
+                wait_http(f"http://127.0.0.1:{ports[name]}{path}")
+            except RuntimeError as exc:
+                log = next(p.log_path for p in self.processes if p.name in (name, "proxy" if name == "nginx" else name))
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{exc}; the end of its log:\n{tail}") from None
 
     def targets(self, size: str) -> dict[str, tuple[str, Process]]:
         p = self.ports
@@ -416,6 +460,9 @@ class Bench:
             "nginx proxy": (f"http://127.0.0.1:{p['nginx']}/np/{size}", self.nginx),
             "django-revproxy": (f"http://127.0.0.1:{p['revproxy']}/proxy/{size}", self.revproxy),
             "gateway": (f"http://127.0.0.1:{p['gateway']}/gw/{size}", self.gateway),
+            "fastapi + httpx": (f"http://127.0.0.1:{p['fastapi']}/{size}", self.fastapi),
+            "fastapi + httpx + redis": (f"http://127.0.0.1:{p['fastapi_redis']}/{size}", self.fastapi_redis),
+            "aiohttp + uvloop": (f"http://127.0.0.1:{p['aiohttp']}/{size}", self.aiohttp),
         }
         if size == "small":
             targets["django hello world"] = (f"http://127.0.0.1:{p['hello']}/hello", self.hello)
