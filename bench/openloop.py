@@ -4,10 +4,10 @@
 
 wrk sends a connection's next request only when the last one is answered, so a slow server is offered less
 load and its stalls hide (coordinated omission). Here request i is due at start + i/rate; it goes out on the
-first free one of `--connections` keep-alive connections (all opened before the clock starts), and its latency is counted from when it was due, so waiting for a free
-connection counts too (as in wrk2). Prints one JSON object: offered and achieved rate, latency percentiles,
-errors. The run stops issuing after `duration` and waits at most `--grace` seconds for outstanding answers;
-those still missing then count as errors.
+first free one of `--connections` keep-alive connections (all opened before the clock starts), and its
+latency is counted from when it was due, so waiting for a free connection counts too (as in wrk2). Prints one
+JSON object: offered and achieved rate, latency percentiles, errors. The run stops issuing after `duration`
+and waits at most `--grace` seconds for outstanding answers; those still missing then count as errors.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ async def drive(url: str, rate: float, duration: float, connections: int, grace:
     parts = urllib.parse.urlsplit(url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     request = f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
-    loop = asyncio.get_running_loop()
     due: asyncio.Queue = asyncio.Queue()
     latencies: list[float] = []
     errors = {"status": 0, "connection": 0, "unanswered": 0}
@@ -80,7 +79,8 @@ async def drive(url: str, rate: float, duration: float, connections: int, grace:
         due.put_nowait(at)
     for _ in workers:
         due.put_nowait(None)
-    done, pending = await asyncio.wait(workers, timeout=max(0.0, duration + grace - (time.perf_counter() - start)))
+    left = max(0.0, duration + grace - (time.perf_counter() - start))
+    _, pending = await asyncio.wait(workers, timeout=left)
     for task in pending:
         task.cancel()
     elapsed = time.perf_counter() - start

@@ -118,4 +118,3 @@ class GatewayWorker(GeventWorker):
             return super().handle_request(listener_name, req, sock, addr)
         finally:
             gevent.sleep(0)
-
