@@ -47,12 +47,19 @@ async def drive(url: str, rate: float, duration: float, connections: int, grace:
                     reader, writer = await connect()
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
+                length, chunked = 0, False
                 for line in head.split(b"\r\n")[1:]:
                     name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
+                    name = name.strip().lower()
+                    if name == b"content-length":
                         length = int(value)
-                if length:
+                    elif name == b"transfer-encoding":
+                        chunked = value.strip().lower() == b"chunked"
+                if chunked:
+                    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                        await reader.readexactly(size + 2)
+                    await reader.readuntil(b"\r\n")  # no trailers here
+                elif length:
                     await reader.readexactly(length)
                 latencies.append(time.perf_counter() - at)
                 if not head.startswith((b"HTTP/1.1 2", b"HTTP/1.0 2")):
