@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""The gateway side by side with nginx, django-revproxy and Django's hello world, on this machine, in one run.
+"""The gateway side by side with nginx, django-revproxy, FastAPI + httpx, aiohttp and Django's hello world, on this
+machine, in one run.
 
-    .venv/bin/python bench/run.py                 # 3 runs x 10 s per target and concurrency (~12 minutes)
+    .venv/bin/python bench/run.py                 # 3 runs x 10 s per target and concurrency (~26 minutes)
     .venv/bin/python bench/run.py --quick         # 1 run x 3 s, to try the script
     .venv/bin/python bench/run.py --profile       # also py-spy the gateway at 64 connections
     .venv/bin/python bench/run.py --only-balancing  # only the gateway with one target against three
 
 Everything listens on 127.0.0.1 and stops when the script ends. It installs what it needs: nginx and wrk from
-Debian's packages (as root), django-revproxy and py-spy from PyPI into the project's virtualenv. The report
-(markdown and JSON) goes to bench/results/<date>/ and is printed; docs/benchmarks.md quotes it.
+Debian's packages (as root), django-revproxy, py-spy and the async peers from PyPI into the project's
+virtualenv (bench/requirements.txt). The report (markdown and JSON) goes to bench/results/<date>/ and is
+printed; docs/benchmarks.md quotes it.
 """
 
 from __future__ import annotations
