@@ -788,6 +788,8 @@ def summarize_profile(raw: str) -> dict:
         self_time[frames[-1]] += samples
         hit = set()
         for frame in frames:
+            if "gateway_project/workers.py" in frame:
+                continue  # the gunicorn worker class: everything runs inside it, it is no gateway work
             for label, needles in GROUPS:
                 if label not in hit and any(n in frame for n in needles):
                     hit.add(label)
