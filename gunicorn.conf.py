@@ -58,7 +58,8 @@ if _env["GATEWAY_ADMIN_LISTEN"] is not None:
     # The admin's own listener: proxy.middleware serves the admin only here, and no route.
     bind.append(_address(*_env["GATEWAY_ADMIN_LISTEN"]))
 
-worker_class = "gevent"
+# gunicorn's gevent worker, made fair across connections and workers (gateway_project/workers.py says how).
+worker_class = "gateway_project.workers.GatewayWorker"
 _requested_workers = _env["GATEWAY_WORKERS"]
 # The embedded store lives inside one process: more workers would each have their own limits and breakers.
 workers = 1 if _embedded else _requested_workers

@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""The gateway side by side with nginx, django-revproxy and Django's hello world, on this machine, in one run.
+"""The gateway side by side with nginx, django-revproxy, FastAPI + httpx, aiohttp and Django's hello world, on this
+machine, in one run.
 
-    .venv/bin/python bench/run.py                 # 3 runs x 10 s per target and concurrency (~12 minutes)
+    .venv/bin/python bench/run.py                 # 3 runs x 10 s per target and concurrency (~26 minutes)
     .venv/bin/python bench/run.py --quick         # 1 run x 3 s, to try the script
     .venv/bin/python bench/run.py --profile       # also py-spy the gateway at 64 connections
     .venv/bin/python bench/run.py --only-balancing  # only the gateway with one target against three
 
 Everything listens on 127.0.0.1 and stops when the script ends. It installs what it needs: nginx and wrk from
-Debian's packages (as root), django-revproxy and py-spy from PyPI into the project's virtualenv. The report
-(markdown and JSON) goes to bench/results/<date>/ and is printed; docs/benchmarks.md quotes it.
+Debian's packages (as root), django-revproxy, py-spy and the async peers from PyPI into the project's
+virtualenv (bench/requirements.txt). The report (markdown and JSON) goes to bench/results/<date>/ and is
+printed; docs/benchmarks.md quotes it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,17 @@ BIN = Path(sys.executable).parent
 BODY = '{"status":"ok","service":"bench","message":"hello from the benchmark upstream","padding":"xxxxxxxx"}'
 TICKS = os.sysconf("SC_CLK_TCK")
 LEVELS = (1, 8, 64)
+#: The open-loop rate, as a share of django-revproxy's req/s at 64 connections in the same run.
+OPEN_LOOP_SHARE = 0.7
+STOCK_GATEWAY = "gateway, gunicorn's gevent worker"
+STOCK_HELLO = "django hello world, gunicorn's gevent worker"
+#: The targets whose connections per worker are counted at 64 connections (gevent workers).
+SPREAD = {
+    "gateway": "gateway",
+    "django hello world": "hello",
+    STOCK_GATEWAY: "gateway_stock",
+    STOCK_HELLO: "hello_stock",
+}
 
 
 def free_port() -> int:
@@ -207,7 +220,10 @@ class Bench:
         self.processes: list[Process] = []
         self.ports = {
             name: free_port()
-            for name in ("upstream", "upstream2", "upstream3", "nginx", "hello", "revproxy", "gateway", "redis", "slow")
+            for name in (
+                *("upstream", "upstream2", "upstream3", "nginx", "hello", "revproxy", "gateway", "redis", "slow"),
+                *("fastapi", "fastapi_redis", "aiohttp", "gateway_stock", "hello_stock"),
+            )
         }
 
     def start(self, process: Process) -> Process:
@@ -286,35 +302,13 @@ class Bench:
                     "sync",
                     "-b",
                     f"127.0.0.1:{ports['revproxy']}",
-                    "--chdir",
-                    str(BENCH),
                     "--no-control-socket",
                     "peers.wsgi:application",
                 ],
                 env=common,
+                # gunicorn reads ./gunicorn.conf.py when no -c is given: not the gateway's from the project root.
+                cwd=BENCH,
                 log=work / "revproxy.log",
-            )
-        )
-        self.hello = self.start(
-            Process(
-                "hello",
-                [
-                    str(BIN / "gunicorn"),
-                    "-c",
-                    str(ROOT / "gunicorn.conf.py"),
-                    "--chdir",
-                    str(BENCH),
-                    "peers.wsgi:application",
-                ],
-                env={
-                    **common,
-                    "GATEWAY_LISTEN": f"127.0.0.1:{ports['hello']}",
-                    "GATEWAY_WORKERS": "2",
-                    "REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/1",
-                    "DJANGO_SETTINGS_MODULE": "peers.settings",
-                    "GATEWAY_LOG_LEVEL": "WARNING",
-                },
-                log=work / "hello.log",
             )
         )
         self.gateway_env = {
@@ -329,6 +323,62 @@ class Bench:
             "GATEWAY_VAR_DIR": str(work / "var"),
             "DJANGO_SETTINGS_MODULE": "gateway_project.settings",
         }
+        # Django's hello world under the gateway's own gunicorn configuration, which reads the gateway's settings.
+        self.hello_env = {
+            **self.gateway_env,
+            **common,
+            "GATEWAY_LISTEN": f"127.0.0.1:{ports['hello']}",
+            "REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/1",
+            "DJANGO_SETTINGS_MODULE": "peers.settings",
+            "GATEWAY_LOG_LEVEL": "WARNING",
+        }
+        self.hello = self.start(
+            Process(
+                "hello",
+                [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "peers.wsgi:application"],
+                env=self.hello_env,
+                cwd=BENCH,
+                log=work / "hello.log",
+            )
+        )
+        uvicorn = [
+            str(BIN / "uvicorn"),
+            "peers.fastapi_app:app",
+            *("--workers", "2", "--loop", "uvloop", "--http", "httptools", "--host", "127.0.0.1"),
+            *("--backlog", "4096", "--no-access-log", "--log-level", "warning"),
+        ]
+        self.fastapi = self.start(
+            Process(
+                "fastapi",
+                [*uvicorn, "--port", str(ports["fastapi"])],
+                env=common,
+                cwd=BENCH,
+                log=work / "fastapi.log",
+            )
+        )
+        self.fastapi_redis = self.start(
+            Process(
+                "fastapi_redis",
+                [*uvicorn, "--port", str(ports["fastapi_redis"])],
+                env={**common, "BENCH_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/2"},
+                cwd=BENCH,
+                log=work / "fastapi_redis.log",
+            )
+        )
+        self.aiohttp = self.start(
+            Process(
+                "aiohttp",
+                [
+                    sys.executable,
+                    str(BENCH / "peers" / "aiohttp_proxy.py"),
+                    str(ports["aiohttp"]),
+                    f"http://127.0.0.1:{ports['upstream']}",
+                    "2",
+                ],
+                cwd=BENCH,
+                log=work / "aiohttp.log",
+            )
+        )
         config = work / "gateway.yaml"
         config.write_text(
             json.dumps(
@@ -394,10 +444,33 @@ class Bench:
                 log=work / "gateway.log",
             )
         )
+        # Before/after for the worker (gateway_project/workers.py): the same configuration with gunicorn's own gevent
+        # worker (a command-line -k wins over the configuration file).
+        self.gateway_stock = self.start(
+            Process(
+                "gateway_stock",
+                [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "-k", "gevent", "gateway_project.wsgi"],
+                cwd=ROOT,
+                env={**self.gateway_env, "GATEWAY_LISTEN": f"127.0.0.1:{ports['gateway_stock']}"},
+                log=work / "gateway_stock.log",
+            )
+        )
+        self.hello_stock = self.start(
+            Process(
+                "hello_stock",
+                [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "-k", "gevent", "peers.wsgi:application"],
+                env={**self.hello_env, "GATEWAY_LISTEN": f"127.0.0.1:{ports['hello_stock']}"},
+                cwd=BENCH,
+                log=work / "hello_stock.log",
+            )
+        )
         waited = (
             ("upstream", "gateway")
             if self.args.only_balancing
-            else ("upstream", "nginx", "revproxy", "hello", "gateway")
+            else (
+                *("upstream", "nginx", "revproxy", "hello", "gateway", "fastapi", "fastapi_redis", "aiohttp"),
+                *("gateway_stock", "hello_stock"),
+            )
         )
         for name in waited:
             path = {
@@ -406,8 +479,18 @@ class Bench:
                 "revproxy": "/proxy/small",
                 "hello": "/hello",
                 "gateway": "/gw/small",
+                "fastapi": "/small",
+                "fastapi_redis": "/small",
+                "aiohttp": "/small",
+                "gateway_stock": "/gw/small",
+                "hello_stock": "/hello",
             }[name]
-            wait_http(f"http://127.0.0.1:{ports[name]}{path}")
+            try:
+                wait_http(f"http://127.0.0.1:{ports[name]}{path}")
+            except RuntimeError as exc:
+                log = next(p.log_path for p in self.processes if p.name in (name, "proxy" if name == "nginx" else name))
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{exc}; the end of its log:\n{tail}") from None
 
     def targets(self, size: str) -> dict[str, tuple[str, Process]]:
         p = self.ports
@@ -416,10 +499,23 @@ class Bench:
             "nginx proxy": (f"http://127.0.0.1:{p['nginx']}/np/{size}", self.nginx),
             "django-revproxy": (f"http://127.0.0.1:{p['revproxy']}/proxy/{size}", self.revproxy),
             "gateway": (f"http://127.0.0.1:{p['gateway']}/gw/{size}", self.gateway),
+            "fastapi + httpx": (f"http://127.0.0.1:{p['fastapi']}/{size}", self.fastapi),
+            "fastapi + httpx + redis": (f"http://127.0.0.1:{p['fastapi_redis']}/{size}", self.fastapi_redis),
+            "aiohttp + uvloop": (f"http://127.0.0.1:{p['aiohttp']}/{size}", self.aiohttp),
         }
         if size == "small":
             targets["django hello world"] = (f"http://127.0.0.1:{p['hello']}/hello", self.hello)
+            targets[STOCK_GATEWAY] = (f"http://127.0.0.1:{p['gateway_stock']}/gw/small", self.gateway_stock)
+            targets[STOCK_HELLO] = (f"http://127.0.0.1:{p['hello_stock']}/hello", self.hello_stock)
         return targets
+
+    def spread(self, process: Process, port: int) -> list[int]:
+        """Open client connections on `port` per worker of `process`, fewest first."""
+        out = subprocess.run(
+            ["ss", "-Htnp", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True
+        ).stdout
+        counts = collections.Counter(int(pid) for pid in re.findall(r"pid=(\d+)", out))
+        return sorted(counts.get(pid, 0) for pid in process.workers())
 
     def measure(self, size: str, levels) -> dict:
         results: dict = collections.defaultdict(lambda: collections.defaultdict(list))
@@ -431,7 +527,21 @@ class Bench:
                 for name, (url, process) in self.targets(size).items():
                     cpu, accepts = process.cpu_seconds(), nginx_accepts(status)
                     redis_before = redis_calls(self.ports["redis"]) if name == "gateway" else {}
+                    spread: list = []
+                    sampler = None
+                    if connections == 64 and name in SPREAD:
+                        port = self.ports[SPREAD[name]]
+
+                        def sample(process=process, port=port, spread=spread):
+                            time.sleep(self.args.duration / 2)
+                            spread.extend(self.spread(process, port))
+
+                        sampler = threading.Thread(target=sample)
+                        sampler.start()
                     result = wrk(url, connections, self.args.duration)
+                    if sampler is not None:
+                        sampler.join()
+                        result["connections_per_worker"] = spread
                     if result["non_2xx"] or result["socket_errors"]:
                         raise RuntimeError(f"{name} at {connections} connections: {result}")
                     result["cpu_us_per_request"] = (process.cpu_seconds() - cpu) * 1e6 / max(result["requests"], 1)
@@ -441,9 +551,9 @@ class Bench:
                         result["redis_calls"] = {k: after.get(k, 0) - redis_before.get(k, 0) for k in after}
                     results[connections][name].append(result)
                     print(
-                        f"  {size:5} run {run + 1} c={connections:<3} {name:20} {result['rps']:>10.0f} req/s  "
+                        f"  {size:5} run {run + 1} c={connections:<3} {name:44} {result['rps']:>8.0f} req/s  "
                         f"p50 {result['p50'] * 1000:6.2f} ms  p99 {result['p99'] * 1000:6.2f} ms  "
-                        f"cpu {result['cpu_us_per_request']:6.0f} us/req",
+                        f"cpu {result['cpu_us_per_request']:6.0f} us/req {spread or ''}",
                         flush=True,
                     )
         return results
@@ -512,7 +622,7 @@ class Bench:
                 pass
         return sizes
 
-    def in_flight(self, count: int = 1000) -> dict:
+    def in_flight(self, count: int = 1000, warm: bool = True) -> dict:
         async def one(port: int) -> int:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET /slow/x HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
@@ -525,10 +635,77 @@ class Bench:
         async def burst() -> list[int]:
             return await asyncio.gather(*(one(self.ports["gateway"]) for _ in range(count)))
 
-        asyncio.run(burst())  # warm the pools
+        if warm:
+            asyncio.run(burst())  # warm the pools
         started = time.monotonic()
         statuses = asyncio.run(burst())
         return {"requests": count, "wall_seconds": time.monotonic() - started, "ok": statuses.count(200)}
+
+    def open_loop(self, rate: float) -> dict:
+        """p50/p99 at a fixed offered rate (bench/openloop.py), each target in turn, runs alternating."""
+        p = self.ports
+        cells = {
+            "django-revproxy": f"http://127.0.0.1:{p['revproxy']}/proxy/small",
+            "gateway": f"http://127.0.0.1:{p['gateway']}/gw/small",
+            STOCK_GATEWAY: f"http://127.0.0.1:{p['gateway_stock']}/gw/small",
+            "fastapi + httpx + redis": f"http://127.0.0.1:{p['fastapi_redis']}/small",
+            "aiohttp + uvloop": f"http://127.0.0.1:{p['aiohttp']}/small",
+            "django hello world": f"http://127.0.0.1:{p['hello']}/hello",
+            STOCK_HELLO: f"http://127.0.0.1:{p['hello_stock']}/hello",
+        }
+        results: dict = collections.defaultdict(list)
+        for run in range(self.args.runs):
+            for name, url in cells.items():
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        str(BENCH / "openloop.py"),
+                        url,
+                        "--rate",
+                        f"{rate:.0f}",
+                        "--duration",
+                        f"{self.args.duration:g}",
+                        "--connections",
+                        "64",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                result = json.loads(out.stdout)
+                results[name].append(result)
+                print(
+                    f"  open loop run {run + 1} {rate:.0f} req/s {name:44} p50 {result['p50'] * 1000:7.2f} ms  "
+                    f"p99 {result['p99'] * 1000:7.2f} ms  achieved {result['achieved_rps']:.0f}/s {result['errors']}",
+                    flush=True,
+                )
+        return {"rate": rate, "results": results}
+
+    def memory(self, count: int = 1000) -> dict:
+        """Gateway workers' RSS idle and at the peak of `count` concurrent requests to the 1 s upstream."""
+        idle = self._rss()
+        peak: dict[int, int] = {}
+        stop = threading.Event()
+
+        def sample():
+            while not stop.wait(0.02):
+                for pid, size in self._rss().items():
+                    peak[pid] = max(peak.get(pid, 0), size)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            burst = self.in_flight(count, warm=False)
+        finally:
+            stop.set()
+            sampler.join()
+        return {
+            "requests": count,
+            "ok": burst["ok"],
+            "idle_rss_mib": [round(v / 2**20, 1) for v in idle.values()],
+            "peak_rss_mib": [round(peak.get(pid, 0) / 2**20, 1) for pid in idle],
+            "kib_per_request": (sum(peak.get(pid, 0) for pid in idle) - sum(idle.values())) / 1024 / count,
+        }
 
     def redis_idle(self, seconds: float = 5.0) -> dict:
         """Commands the gateway sends Redis with no traffic at all: its background work, per second."""
@@ -611,6 +788,8 @@ def summarize_profile(raw: str) -> dict:
         self_time[frames[-1]] += samples
         hit = set()
         for frame in frames:
+            if "gateway_project/workers.py" in frame:
+                continue  # the gunicorn worker class: everything runs inside it, it is no gateway work
             for label, needles in GROUPS:
                 if label not in hit and any(n in frame for n in needles):
                     hit.add(label)
@@ -623,11 +802,116 @@ def summarize_profile(raw: str) -> dict:
     }
 
 
+def targets_report(small: dict, extras: dict) -> list[str]:
+    """The issue's targets as ratios within this run, the connections per worker, the open-loop latency and the
+    memory per request in flight."""
+
+    def med(connections: int, name: str, key: str) -> float:
+        return statistics.median(r[key] for r in small[connections][name])
+
+    lines = ["", "Connections per gevent worker at 64 connections (sampled mid-run, each run):", ""]
+    for name in SPREAD:
+        runs = [r.get("connections_per_worker") for r in small[64].get(name, [])]
+        lines.append(f"- {name}: {' '.join(str(x) for x in runs)}")
+    gw, rev = "gateway", "django-revproxy"
+    rps = {name: med(64, name, "rps") for name in small[64]}
+    cpu = {name: med(64, name, "cpu_us_per_request") for name in small[64]}
+    lines += [
+        "",
+        "### Ratios at 64 connections",
+        "",
+        "| gateway against | req/s | CPU per request |",
+        "|---|---:|---:|",
+    ]
+    for name in (rev, "fastapi + httpx + redis", "fastapi + httpx", "aiohttp + uvloop", STOCK_GATEWAY):
+        if name in rps:
+            lines.append(f"| {name} | {rps[gw] / rps[name]:.2f}x | {cpu[gw] / cpu[name]:.2f}x |")
+    hello = "django hello world"
+    lines.append(f"| {hello} (same server) | {rps[gw] / rps[hello]:.2f}x | {cpu[gw] / cpu[hello]:.2f}x |")
+    p99 = {(c, n): med(c, n, "p99") for c in (8, 64) for n in small[c]}
+    p50 = {(c, n): med(c, n, "p50") for c in (8, 64) for n in small[c]}
+    added = (med(1, gw, "p50") - med(1, "upstream direct", "p50")) * 1000
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    rows = [
+        (
+            "p99 at 64 connections no worse than django-revproxy's",
+            f"{p99[64, gw] * 1000:.1f} ms against {p99[64, rev] * 1000:.1f} ms",
+            p99[64, gw] <= p99[64, rev],
+        ),
+    ]
+    for c in (8, 64):
+        for name in (gw, hello):
+            rows.append(
+                (
+                    f"{name}: p99 within 3x p50 at {c} connections",
+                    f"{p99[c, name] / p50[c, name]:.1f}x ({p50[c, name] * 1000:.2f} / {p99[c, name] * 1000:.1f} ms)",
+                    p99[c, name] <= 3 * p50[c, name],
+                )
+            )
+    if STOCK_GATEWAY in rps:
+        rows.append(
+            (
+                "throughput kept with the fair worker (gateway against itself on gunicorn's gevent worker)",
+                f"{rps[gw] / rps[STOCK_GATEWAY]:.2f}x ({rps[gw]:,.0f} against {rps[STOCK_GATEWAY]:,.0f} req/s)",
+                rps[gw] >= 0.95 * rps[STOCK_GATEWAY],
+            )
+        )
+    rows += [
+        (
+            "CPU per request at most 2x Django's hello world under the same server",
+            f"{cpu[gw] / cpu[hello]:.2f}x ({cpu[gw]:.0f} against {cpu[hello]:.0f} us)",
+            cpu[gw] <= 2 * cpu[hello],
+        ),
+        ("≥ 1.5x django-revproxy's req/s", f"{rps[gw] / rps[rev]:.2f}x", rps[gw] >= 1.5 * rps[rev]),
+    ]
+    if "fastapi + httpx + redis" in rps:
+        seed = rps["fastapi + httpx + redis"]
+        rows.append(("≥ 2.5x FastAPI + httpx + one Redis call", f"{rps[gw] / seed:.2f}x", rps[gw] >= 2.5 * seed))
+    rows.append(("≤ 0.8 ms added at p50, 1 connection", f"{added:.2f} ms", added <= 0.8))
+    lines += ["", "### Targets (issue 14), within this run", "", "| target | measured | |", "|---|---|---|"]
+    lines += [f"| {what} | {value} | {mark(ok)} |" for what, value, ok in rows]
+    if "aiohttp + uvloop" in rps:
+        lines.append(
+            f"| ratio to aiohttp + uvloop's bare proxy (reported) | {rps[gw] / rps['aiohttp + uvloop']:.2f}x req/s, "
+            f"{cpu[gw] / cpu['aiohttp + uvloop']:.1f}x CPU per request | reported |"
+        )
+    if "open_loop" in extras:
+        o = extras["open_loop"]
+        lines += [
+            "",
+            f"### Open loop: {o['rate']:,.0f} req/s offered ({OPEN_LOOP_SHARE:.0%} of django-revproxy's req/s at 64 "
+            "connections), 64 connections, latency from when each request was due",
+            "",
+            "| target | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, runs in o["results"].items():
+            m = {k: statistics.median(r[k] for r in runs) for k in ("achieved_rps", "p50", "p90", "p99", "p999")}
+            errors = sum(sum(r["errors"].values()) for r in runs)
+            lines.append(
+                f"| {name} | {m['achieved_rps']:,.0f} | {m['p50'] * 1000:.2f} | {m['p90'] * 1000:.2f} | "
+                f"{m['p99'] * 1000:.2f} | {m['p999'] * 1000:.2f} | {errors} |"
+            )
+    if "memory" in extras:
+        m = extras["memory"]
+        lines += [
+            "",
+            f"- Memory: gateway workers' RSS idle {m['idle_rss_mib']} MiB, at the peak of {m['requests']} concurrent "
+            f"requests to a 1 s upstream {m['peak_rss_mib']} MiB ({m['ok']} answered 200): "
+            f"{m['kib_per_request']:.1f} KiB per request in flight.",
+        ]
+    return lines
+
+
 def report(measured: dict, extras: dict, args) -> str:
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} cores, "
         f"{platform.platform()}), `{' '.join(['bench/run.py', *sys.argv[1:]])}`: wrk on loopback, "
-        f"{args.runs} run(s) of {args.duration:g} s per cell, medians.",
+        f"{args.runs} run(s) of {args.duration:g} s per cell, medians. Load average (1, 5, 15 min) before the "
+        f"run: {' '.join(extras.get('load_before', []))}; after: {' '.join(extras.get('load_after', []))}.",
         "",
     ]
     for size, label in (("small", "100-byte JSON body"), ("big", "64 KiB body")):
@@ -636,8 +920,8 @@ def report(measured: dict, extras: dict, args) -> str:
         lines += [
             f"### {label}",
             "",
-            "| target | conns | req/s | p50 ms | p99 ms | CPU us/req | vs nginx | vs revproxy |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| target | conns | req/s | p50 ms | p99 ms | p99/p50 | CPU us/req | vs nginx | vs revproxy |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for connections, by_target in sorted(measured[size].items()):
             med = {
@@ -649,7 +933,8 @@ def report(measured: dict, extras: dict, args) -> str:
                 ratio_rev = m["rps"] / med["django-revproxy"]["rps"]
                 lines.append(
                     f"| {name} | {connections} | {m['rps']:,.0f} | {m['p50'] * 1000:.2f} | "
-                    f"{m['p99'] * 1000:.2f} | {m['cpu_us_per_request']:.0f} | {ratio_nginx:.2f} | "
+                    f"{m['p99'] * 1000:.2f} | {m['p99'] / m['p50']:.1f} | {m['cpu_us_per_request']:.0f} | "
+                    f"{ratio_nginx:.2f} | "
                     f"{ratio_rev:.2f} |"
                 )
         lines.append("")
@@ -688,6 +973,8 @@ def report(measured: dict, extras: dict, args) -> str:
             }
         )
         lines += [f"- Cells with non-2xx answers or socket errors: {errors or 'none'}."]
+    if small:
+        lines += targets_report(small, extras)
     if "sql" in extras:
         s = extras["sql"]
         lines += [
@@ -747,26 +1034,33 @@ def main() -> None:
     parser.add_argument(
         "--only-balancing", action="store_true", help="only the gateway with one target against three targets"
     )
+    parser.add_argument("--skip-balancing", action="store_true", help="leave out one target against three")
     args = parser.parse_args()
     if args.quick:
         args.runs, args.duration = 1, 3.0
     ensure_tools(args.skip_install)
     bench = Bench(args)
-    measured, extras = {}, {}
+    measured, extras = {}, {"load_before": Path("/proc/loadavg").read_text().split()[:3]}
     try:
         bench.setup()
         if not args.only_balancing:
             for size in filter(None, args.sizes.split(",")):
                 measured[size] = bench.measure(size, LEVELS if size == "small" else (64,))
+            if "small" in measured:
+                revproxy = statistics.median(r["rps"] for r in measured["small"][64]["django-revproxy"])
+                extras["open_loop"] = bench.open_loop(round(OPEN_LOOP_SHARE * revproxy, -1))
             extras["redis_idle"] = bench.redis_idle()
             extras["sql"] = bench.sql_per_request()
+            extras["memory"] = bench.memory()
             extras["in_flight"] = bench.in_flight()
             extras["streaming"] = bench.streaming()
-        extras["balancing"] = bench.balancing()
+        if not args.skip_balancing:
+            extras["balancing"] = bench.balancing()
         if args.profile:
             extras["profile"] = bench.profile()
     finally:
         bench.stop()
+    extras["load_after"] = Path("/proc/loadavg").read_text().split()[:3]
     text = report(measured, extras, args)
     out = BENCH / "results" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)

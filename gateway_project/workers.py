@@ -1,0 +1,120 @@
+"""The gateway's gunicorn worker: gunicorn's gevent worker, made fair (gunicorn.conf.py names it).
+
+gunicorn's gevent worker showed a long tail on keep-alive connections (docs/benchmarks.md has the numbers), from
+two unfairnesses, each fixed here without touching how requests are parsed or answered:
+
+- Within a worker: a greenlet that has answered a request finds the client's next one already in its socket,
+  reads it without yielding and serves it, while the worker's other connections wait. Here each greenlet yields
+  once after each request (`gevent.sleep(0)`): the other ready greenlets run before it reads on.
+- Between workers: every worker waits on the one listening socket, and whichever wakes first accepts. A burst of
+  new connections (a client or load balancer opening its pool) mostly lands on the worker that happened to be
+  idle, and stays there for the connections' lifetime: one worker served 60 of 64 keep-alive connections
+  while the other idled. Here each worker publishes its count of open connections in memory shared with the
+  other workers of the instance (created by the master, inherited through fork) and does not accept while it
+  holds more than the least loaded live worker plus ACCEPT_SLACK. It accepts anyway once a connection has
+  waited ACCEPT_MAX_DEFER for the others, so a stuck or busy worker never holds connections back for long.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+
+import gevent
+from gevent.server import StreamServer
+from gunicorn.workers import ggevent
+from gunicorn.workers.ggevent import GeventWorker
+
+#: Workers one instance can track (by the worker's age, so a new worker takes a new slot).
+SLOTS = 256
+#: How many more open connections than the least loaded worker a worker may hold and still accept.
+ACCEPT_SLACK = 1
+#: How often a worker that held back looks again, and how long at most it holds a new connection back.
+ACCEPT_RETRY = 0.001
+ACCEPT_MAX_DEFER = 0.02
+
+# [pid, open connections] per slot, shared by the master's workers: made at import in the master.
+_shared = mmap.mmap(-1, SLOTS * 2 * 4)
+_counts = memoryview(_shared).cast("i")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _BalancedServer(StreamServer):
+    """gevent's StreamServer that asks its worker before it accepts."""
+
+    worker: GatewayWorker
+
+    def _do_read(self):
+        if self.worker.hold_back():
+            self.stop_accepting()
+            self._timer = self.loop.timer(ACCEPT_RETRY)
+            self._timer.start(self._start_accepting_if_started)
+            return
+        super()._do_read()
+
+
+class GatewayWorker(GeventWorker):
+    def init_process(self):
+        self._slot = 2 * (self.age % SLOTS)
+        self._pid = os.getpid()
+        self._open = 0
+        self._held_since: float | None = None
+        self._last_hold = 0.0
+        _counts[self._slot] = self._pid
+        _counts[self._slot + 1] = 0
+        super().init_process()
+
+    def run(self):
+        # This process only (a forked worker): gunicorn's gevent worker builds its servers from this name.
+        _BalancedServer.worker = self
+        ggevent.StreamServer = _BalancedServer
+        try:
+            super().run()
+        finally:
+            _counts[self._slot] = 0
+
+    def hold_back(self) -> bool:
+        """Whether to leave the connection waiting in the listen queue for a less loaded worker."""
+        fewest = None
+        for slot in range(0, len(_counts), 2):
+            pid = _counts[slot]
+            if pid and pid != self._pid:
+                count = _counts[slot + 1]
+                if (fewest is None or count < fewest) and _alive(pid):
+                    fewest = count
+        if fewest is None or self._open <= fewest + ACCEPT_SLACK:
+            self._held_since = None
+            return False
+        now = time.monotonic()
+        if self._held_since is None or now - self._last_hold > 5 * ACCEPT_RETRY:
+            self._held_since = now  # a new wait (the last one ended when another worker took the connection)
+        if now - self._held_since >= ACCEPT_MAX_DEFER:
+            self._held_since = None
+            return False
+        self._last_hold = now
+        return True
+
+    def handle(self, listener, client, addr):
+        self._open += 1
+        _counts[self._slot + 1] = self._open
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self._open -= 1
+            _counts[self._slot + 1] = self._open
+
+    def handle_request(self, listener_name, req, sock, addr):
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            gevent.sleep(0)
