@@ -40,10 +40,17 @@ def fresh(gateway, path: str, **kwargs) -> requests.Response:
 
 
 def test_counters_add_up_across_workers_including_a_dead_one(gw, upstream):
+    def grew(since: dict, **labels) -> float:
+        """What a counter grew by since `since`, once the workers have counted every request answered: a worker
+        counts a request when it closes the response, a moment after the client has read its last byte."""
+        now = scrape(gw)
+        return total(now, **labels) - total(since, **labels)
+
     before = scrape(gw)
     with ThreadPoolExecutor(max_workers=16) as pool:
         codes = list(pool.map(lambda i: fresh(gw, f"/api/status/{200 if i % 4 else 404}").status_code, range(200)))
     assert codes.count(404) == 50
+    wait_until(lambda: grew(before, name="gateway_request_duration_seconds_count", route="api") >= 200, 5, "counts")
     after = scrape(gw)
     ok = total(after, "gateway_requests_total", route="api", status="200") - total(
         before, "gateway_requests_total", route="api", status="200"
@@ -64,6 +71,7 @@ def test_counters_add_up_across_workers_including_a_dead_one(gw, upstream):
     wait_until(lambda: len(gw.worker_pids()) == 4 and victim not in gw.worker_pids(), 20, "a new worker")
     for _ in range(40):
         fresh(gw, "/api/x")
+    wait_until(lambda: grew(after, name="gateway_requests_total", route="api") >= 40, 5, "counts")
     final = scrape(gw)
     assert (
         total(final, "gateway_requests_total", route="api", status="200")
