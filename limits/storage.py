@@ -28,7 +28,6 @@ SCRIPT = (Path(__file__).parent / "lua" / "check.lua").read_text()
 
 _script = store.Script(SCRIPT, deadline=True)
 _undo = store.Script((Path(__file__).parent / "lua" / "undo.lua").read_text())
-_peek = store.Script((Path(__file__).parent / "lua" / "peek.lua").read_text())
 _member_prefix = os.urandom(6).hex()
 _sequence = itertools.count()
 _undo_log = DegradedLog(logger, "a rejected request's counts could not be given back in every slot")
@@ -70,11 +69,12 @@ def check(keys: list[str], args: Sequence[tuple[str, ...]]) -> list[int]:
 
 
 def peek(keys: list[str], args: Sequence[tuple[str, ...]], *, client=None) -> list[int]:
-    """What check() would answer, counting nothing (the route tester's dry run); `client`: the pages' budget."""
+    """What check() would answer, counting nothing (the route tester's dry run: check.lua with no member; it
+    only drops expired sliding-log entries, which count for nothing); `client`: the pages' budget."""
     client = client or store.page_client()
     merged = [1] + [0] * (4 * len(keys))
     for group in store.partition(keys):
-        reply = _peek([keys[i] for i in group], [a for i in group for a in args[i]], client=client)
+        reply = _script([keys[i] for i in group], ["", *(a for i in group for a in args[i])], client=client)
         if not reply[0]:
             merged[0] = 0
         for position, index in enumerate(group):

@@ -2,7 +2,8 @@
 --
 -- KEYS[i]             the counter of policy i for this request's client
 -- ARGV[1]             deadline: Redis time (microseconds) after which this call changes nothing ('' for none)
--- ARGV[2]             a unique member for this request (sliding-log entries)
+-- ARGV[2]             a unique member for this request (sliding-log entries); '' for a dry run (the route
+--                     tester's): decide as for a request, count nothing
 -- ARGV[3 + 5(i-1) ..] policy i: algorithm ("L" sliding log, "G" GCRA), limit, window (ms), burst, shadow (1/0)
 --
 -- Phase 1 checks every policy without writing (besides dropping expired log entries). Phase 2 counts the
@@ -81,7 +82,9 @@ for i = 1, n do
   result[#result + 1] = math.ceil(retry / 1000)
 end
 
-if all_allowed then
+if not all_allowed then
+  result[1] = 0
+elseif member ~= '' then
   for i = 1, n do
     local c = commit[i]
     if c then
@@ -95,7 +98,5 @@ if all_allowed then
       end
     end
   end
-else
-  result[1] = 0
 end
 return result

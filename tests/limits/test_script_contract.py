@@ -59,8 +59,8 @@ class Script:
     def key(self, name: str = "k") -> str:
         return self.prefix + name
 
-    def __call__(self, *checks: tuple[str, Policy], deadline: str = "") -> Reply:
-        member = uuid.uuid4().hex
+    def __call__(self, *checks: tuple[str, Policy], deadline: str = "", dry: bool = False) -> Reply:
+        member = "" if dry else uuid.uuid4().hex
         keys = [key for key, _ in checks]
         args = [deadline, member]
         for _, policy in checks:
@@ -283,3 +283,20 @@ def test_undo_gives_back_exactly_what_one_request_counted(script):
     counted = script((lone, Policy("G", limit=3)))
     script.undo(counted.member, (lone, Policy("G", limit=3)))
     assert script.written_keys().count(lone) == 0
+
+
+# a dry run (no member: the route tester's)
+
+
+@pytest.mark.parametrize("algorithm", ["L", "G"])
+def test_a_dry_run_answers_as_a_request_would_and_counts_nothing(script, algorithm):
+    key, policy = script.key(), Policy(algorithm=algorithm, limit=2)
+    script((key, policy))
+    state = script.client.dump(key)
+    dry = script((key, policy), dry=True)
+    assert (dry.allowed, dry.results[0].remaining) == (True, 0)
+    assert script.client.dump(key) == state
+    script((key, policy))
+    dry = script((key, policy), dry=True)
+    assert not dry.allowed and dry.results[0].retry_ms > 0
+    assert script((key, policy)).allowed is False  # the dry runs took nothing: the limit is still 2
