@@ -11,6 +11,7 @@ from django.urls import reverse
 from gateway_project import runtime, tokens
 from gateway_project.models import ApiToken, AuditEntry
 from proxy.models import Upstream
+from tests.support.admin import upstream_form
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix")]
 
@@ -46,51 +47,9 @@ def test_a_token_made_in_the_admin_is_shown_once_and_can_be_revoked(admin_client
 
 
 def test_admin_saves_go_through_the_services_and_the_trail_is_read_only(admin_client):
-    form = {
-        "name": "orders",
-        "base_url": "http://orders.internal",
-        "enabled": "on",
-        "connect_timeout": "2",
-        "read_timeout": "30",
-        "deadline": "60",
-        "max_retries": "2",
-        "backoff_factor": "0.1",
-        "backoff_max": "2",
-        "backoff_jitter": "0.1",
-        "retry_on_statuses": "502,503,504",
-        "tls_verify": "on",
-        "balancing": "round_robin",
-        "retry_budget_percent": "20",
-        "retry_budget_min": "3",
-        "eject_consecutive_failures": "5",
-        "eject_on_statuses": "502,503,504",
-        "eject_seconds": "30",
-        "eject_max_seconds": "300",
-        "eject_max_percent": "10",
-        "health_check_path": "",
-        "health_check_interval": "10",
-        "health_check_timeout": "2",
-        "health_check_statuses": "200",
-        "healthy_threshold": "2",
-        "unhealthy_threshold": "3",
-        "targets-TOTAL_FORMS": "0",
-        "targets-INITIAL_FORMS": "0",
-        "targets-MIN_NUM_FORMS": "0",
-        "targets-MAX_NUM_FORMS": "1000",
-        "breaker-TOTAL_FORMS": "1",
-        "breaker-INITIAL_FORMS": "0",
-        "breaker-MIN_NUM_FORMS": "0",
-        "breaker-MAX_NUM_FORMS": "1",
-        "breaker-0-mode": "shadow",
-        "breaker-0-consecutive_failures": "3",
-        "breaker-0-failure_rate": "50",
-        "breaker-0-window_seconds": "60",
-        "breaker-0-minimum_calls": "20",
-        "breaker-0-failure_statuses": "502,503,504",
-        "breaker-0-slow_call_ms": "0",
-        "breaker-0-open_seconds": "30",
-        "breaker-0-half_open_probes": "1",
-    }
+    form = upstream_form(
+        "orders", "http://orders.internal", **{"breaker-0-mode": "shadow", "breaker-0-consecutive_failures": "3"}
+    )
     response = admin_client.post(reverse("admin:proxy_upstream_add"), form)
     assert response.status_code == 302, response.content.decode()[:2000]
     upstream = Upstream.objects.get()

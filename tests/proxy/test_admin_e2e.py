@@ -13,7 +13,7 @@ import requests
 
 from breakers.models import BreakerConfig
 from proxy.models import Target
-from tests.support.admin import login
+from tests.support.admin import login, upstream_form
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.gateways import start_gateway, talking_to
 
@@ -59,57 +59,15 @@ def test_an_operator_adds_a_route_in_the_admin_and_calls_it(proxied, upstream):
         session,
         proxied,
         "/admin/proxy/upstream/add/",
-        {
-            "name": "orders",
-            # The base URL names the service (scheme, Host header, base path); the target is where it runs.
-            "base_url": "http://orders.internal/v1/",
-            "enabled": "on",
-            "balancing": "round_robin",
-            "retry_budget_percent": "20",
-            "retry_budget_min": "3",
-            "eject_consecutive_failures": "5",
-            "eject_on_statuses": "502,503,504",
-            "eject_seconds": "30",
-            "eject_max_seconds": "300",
-            "eject_max_percent": "10",
-            "health_check_path": "",
-            "health_check_interval": "10",
-            "health_check_timeout": "2",
-            "health_check_statuses": "200",
-            "healthy_threshold": "2",
-            "unhealthy_threshold": "3",
-            # The targets inline, one row filled in.
-            "targets-TOTAL_FORMS": "1",
-            "targets-INITIAL_FORMS": "0",
-            "targets-MIN_NUM_FORMS": "0",
-            "targets-MAX_NUM_FORMS": "1000",
-            "targets-0-address": f"127.0.0.1:{upstream.port}",
-            "targets-0-weight": "100",
-            "targets-0-enabled": "on",
-            "connect_timeout": "2",
-            "read_timeout": "30",
-            "deadline": "60",
-            "max_retries": "2",
-            "backoff_factor": "0.1",
-            "backoff_max": "2",
-            "backoff_jitter": "0.1",
-            "retry_on_statuses": "502, 503,504",
-            "tls_verify": "on",
-            # The circuit breaker's inline form, as the page sends it.
-            "breaker-TOTAL_FORMS": "1",
-            "breaker-INITIAL_FORMS": "0",
-            "breaker-MIN_NUM_FORMS": "0",
-            "breaker-MAX_NUM_FORMS": "1",
-            "breaker-0-mode": "normal",
-            "breaker-0-consecutive_failures": "3",
-            "breaker-0-failure_rate": "50",
-            "breaker-0-window_seconds": "60",
-            "breaker-0-minimum_calls": "20",
-            "breaker-0-failure_statuses": "502,503,504",
-            "breaker-0-slow_call_ms": "0",
-            "breaker-0-open_seconds": "30",
-            "breaker-0-half_open_probes": "1",
-        },
+        # The base URL names the service (scheme, Host header, base path); the target is where it runs. The
+        # targets' inline has one row filled in, the breaker's inline is sent as the page sends it.
+        upstream_form(
+            "orders",
+            "http://orders.internal/v1/",
+            targets=(f"127.0.0.1:{upstream.port}",),
+            retry_on_statuses="502, 503,504",
+            **{"breaker-0-consecutive_failures": "3"},
+        ),
     )
     assert response.status_code == 200
     assert "was added successfully" in response.text
