@@ -89,8 +89,11 @@ class CounterUsage:
         return readable_client(self.client)
 
 
-def policy_usage(*, policy: RateLimitPolicy, top: int = 20, client=None) -> list[CounterUsage]:
-    """The busiest counters of a policy right now, read from Redis (with `client`, pages pass a short budget)."""
+def policy_usage(
+    *, policy: RateLimitPolicy, top: int = 20, client=None, scan_limit: int = 10_000
+) -> list[CounterUsage]:
+    """The busiest counters of a policy right now, read from Redis (with `client`, pages pass a short budget;
+    at most `scan_limit` counters are read)."""
     compiled = compile_policy(policy)
     rows = storage.usage(
         compiled.counter_pattern,
@@ -98,6 +101,7 @@ def policy_usage(*, policy: RateLimitPolicy, top: int = 20, client=None) -> list
         limit=compiled.limit,
         window=compiled.window,
         burst=compiled.burst,
+        scan_limit=scan_limit,
         client=client,
     )
     capacity = compiled.burst if compiled.algorithm == "G" else compiled.limit
@@ -146,29 +150,11 @@ def busiest_clients(*, top: int = 10) -> list[dict]:
     from gateway_project import store
 
     client = store.page_client()
-    rows = []
-    for policy in RateLimitPolicy.objects.filter(enabled=True).order_by("name"):
-        compiled = compile_policy(policy)
-        found = storage.usage(
-            compiled.counter_pattern,
-            algorithm=compiled.algorithm,
-            limit=compiled.limit,
-            window=compiled.window,
-            burst=compiled.burst,
-            scan_limit=1000,
-            client=client,
-        )
-        capacity = compiled.burst if compiled.algorithm == "G" else compiled.limit
-        for key, used, ttl in found[:top]:
-            rows.append(
-                {
-                    "policy": policy.name,
-                    "client": readable_client(compiled.bucket_of(key)),
-                    "used": used,
-                    "limit": capacity,
-                    "expires_in": ttl,
-                }
-            )
+    rows = [
+        {"policy": policy.name, "client": u.who, "used": u.used, "limit": u.limit, "expires_in": u.expires_in}
+        for policy in RateLimitPolicy.objects.filter(enabled=True).order_by("name")
+        for u in policy_usage(policy=policy, top=top, client=client, scan_limit=1000)
+    ]
     rows.sort(key=lambda r: (-r["used"] / (r["limit"] or 1), r["policy"], r["client"]))
     return rows[:top]
 

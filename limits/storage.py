@@ -53,14 +53,7 @@ def check(keys: list[str], args: Sequence[tuple[str, ...]]) -> list[int]:
         except RedisError as exc:
             replies.append(None)
             error = error or exc
-    merged = [1] + [0] * (4 * len(keys))
-    for group, reply in zip(groups, replies, strict=True):
-        if reply is None:
-            continue
-        if not reply[0]:
-            merged[0] = 0
-        for position, index in enumerate(group):
-            merged[1 + 4 * index : 5 + 4 * index] = reply[1 + 4 * position : 5 + 4 * position]
+    merged = _merged(groups, replies, len(keys))
     if error is not None or not merged[0]:
         _give_back(member, keys, args, groups, replies)
     if error is not None:
@@ -72,9 +65,17 @@ def peek(keys: list[str], args: Sequence[tuple[str, ...]], *, client=None) -> li
     """What check() would answer, counting nothing (the route tester's dry run: check.lua with no member; it
     only drops expired sliding-log entries, which count for nothing); `client`: the pages' budget."""
     client = client or store.page_client()
-    merged = [1] + [0] * (4 * len(keys))
-    for group in store.partition(keys):
-        reply = _script([keys[i] for i in group], ["", *(a for i in group for a in args[i])], client=client)
+    groups = store.partition(keys)
+    replies = [_script([keys[i] for i in g], ["", *(a for i in g for a in args[i])], client=client) for g in groups]
+    return _merged(groups, replies, len(keys))
+
+
+def _merged(groups: list[list[int]], replies: list, count: int) -> list[int]:
+    """One reply for `count` policies from the replies of their slots' calls (None: a call that failed)."""
+    merged = [1] + [0] * (4 * count)
+    for group, reply in zip(groups, replies, strict=True):
+        if reply is None:
+            continue
         if not reply[0]:
             merged[0] = 0
         for position, index in enumerate(group):

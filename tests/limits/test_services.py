@@ -120,6 +120,20 @@ def test_policy_usage_when_nothing_is_counted():
     assert services.policy_usage(policy=make_policy()) == []
 
 
+def test_busiest_clients_over_every_enabled_policy_nearest_their_limit_first():
+    tight, loose = make_policy("tight", limit=4), make_policy("loose", limit=100)
+    make_policy("off", limit=1, enabled=False)
+    hit(tight, "198.51.100.7", 3)
+    hit(tight, "2001:db8::1", 1)
+    hit(loose, "198.51.100.7", 10)
+    rows = services.busiest_clients(top=2)
+    assert [(r["policy"], r["client"], r["used"], r["limit"]) for r in rows] == [
+        ("tight", "ip 198.51.100.7", 3, 4),
+        ("tight", "ip 2001:db8::/64", 1, 4),
+    ]
+    assert all(0 < r["expires_in"] <= 60 for r in rows)
+
+
 def test_clear_counter_deletes_one_key(redis_client):
     policy = make_policy()
     hit(policy, "192.0.2.1", 2)
