@@ -339,15 +339,14 @@ class Prometheus:
         rps = self.query(rate)
         four = self.query(f'sum by (route) (rate(gateway_requests_total{{{keep},status=~"4.."}}[{window}]))')
         too_many = self.query(f'sum by (route) (increase(gateway_requests_total{{{keep},status="429"}}[{window}]))')
-        five = self.query(f'sum by (route) (rate(gateway_requests_total{{{keep},status=~"5.."}}[{window}]))')
+        five_rate = f'sum by (route) (rate(gateway_requests_total{{{keep},status=~"5.."}}[{window}]))'
+        five = self.query(five_rate)
         own = self.query(f'sum by (route) (rate(gateway_errors_total{{{keep},status=~"5.."}}[{window}]))')
         buckets = f"sum by (route, le) (rate(gateway_request_duration_seconds_bucket{{{keep}}}[{window}]))"
         p50 = self.query(f"histogram_quantile(0.5, {buckets})")
         p95 = self.query(f"histogram_quantile(0.95, {buckets})")
         series = self.query_range(rate, KEEP)
-        errors = self.query_range(
-            f'sum by (route) (rate(gateway_requests_total{{{keep},status=~"5.."}}[{window}]))', KEEP
-        )
+        errors = self.query_range(five_rate, KEEP)
         total = self.query_range(f"sum(rate(gateway_requests_total{{{keep}}}[{window}]))", KEEP)
         routes = []
         for name in sorted(rps):
