@@ -4,8 +4,16 @@ gunicorn's gevent worker showed a long tail on keep-alive connections (docs/benc
 two unfairnesses, each fixed here without touching how requests are parsed or answered:
 
 - Within a worker: a greenlet that has answered a request finds the client's next one already in its socket,
-  reads it without yielding and serves it, while the worker's other connections wait. Here each greenlet yields
-  once after each request (`gevent.sleep(0)`): the other ready greenlets run before it reads on.
+  reads it without yielding and serves it, while the worker's other connections wait. Yielding with
+  `gevent.sleep(0)` is not enough: gevent resumes such greenlets in its callback phase, which runs them in
+  groups of 50 until 5 ms have passed before it looks at the sockets again, so connections whose next request
+  is always already there take turns among themselves while a request whose socket (client, Redis or
+  upstream) became ready waits.
+  Here a greenlet that has answered a request and keeps the connection open joins the worker's queue of next
+  requests (`Turns`): the queue lets one go, in arrival order, each time the event loop has nothing else
+  pending, so requests in flight finish before new ones start, and new ones start in the order their
+  connections became free. A queue that the loop never lets go (it is never idle) lets go every greenlet that
+  has waited TURN_MAX_WAIT, so nothing starves.
 - Between workers: every worker waits on the one listening socket, and whichever wakes first accepts. A burst of
   new connections (a client or load balancer opening its pool) mostly lands on the worker that happened to be
   idle, and stays there for the connections' lifetime: one worker served 60 of 64 keep-alive connections
@@ -20,8 +28,10 @@ from __future__ import annotations
 import mmap
 import os
 import time
+from collections import deque
 
-import gevent
+from gevent import get_hub
+from gevent.hub import Waiter
 from gevent.server import StreamServer
 from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
@@ -33,6 +43,8 @@ ACCEPT_SLACK = 1
 #: How often a worker that held back looks again, and how long at most it holds a new connection back.
 ACCEPT_RETRY = 0.001
 ACCEPT_MAX_DEFER = 0.02
+#: The longest a keep-alive connection's next request waits for an idle moment of its worker's loop.
+TURN_MAX_WAIT = 0.05
 
 # [pid, open connections] per slot, shared by the master's workers: made at import in the master.
 _shared = mmap.mmap(-1, SLOTS * 2 * 4)
@@ -63,6 +75,52 @@ class _BalancedServer(StreamServer):
         super()._do_read()
 
 
+class Turns:
+    """One worker's keep-alive connections waiting to start their next request, in the order they got there.
+
+    The loop's idle watcher (called when no other watcher is pending) lets the first one go; a timer lets go
+    every one that has waited `max_wait`, for a loop that stays busy. Made in the worker process, after fork.
+    """
+
+    def __init__(self, max_wait: float) -> None:
+        loop = get_hub().loop
+        self.max_wait = max_wait
+        self.waiting: deque[tuple[float, Waiter]] = deque()
+        self.idle = loop.idle()
+        self.timer = loop.timer(max_wait / 4, max_wait / 4)
+
+    def wait(self) -> None:
+        entry = (time.monotonic(), Waiter())
+        self.waiting.append(entry)
+        if not self.idle.active:
+            self.idle.start(self._on_idle)
+            self.timer.start(self._on_timer)
+        try:
+            entry[1].get()
+        except BaseException:
+            # Killed while waiting (the worker is stopping): never switch to it later.
+            if entry in self.waiting:
+                self.waiting.remove(entry)
+                self._stop_if_empty()
+            raise
+
+    def _on_idle(self) -> None:
+        if self.waiting:
+            self.waiting.popleft()[1].switch(None)
+        self._stop_if_empty()
+
+    def _on_timer(self) -> None:
+        oldest = time.monotonic() - self.max_wait
+        while self.waiting and self.waiting[0][0] <= oldest:
+            self.waiting.popleft()[1].switch(None)
+        self._stop_if_empty()
+
+    def _stop_if_empty(self) -> None:
+        if not self.waiting:
+            self.idle.stop()
+            self.timer.stop()
+
+
 class GatewayWorker(GeventWorker):
     def init_process(self):
         self._slot = 2 * (self.age % SLOTS)
@@ -78,6 +136,7 @@ class GatewayWorker(GeventWorker):
         # This process only (a forked worker): gunicorn's gevent worker builds its servers from this name.
         _BalancedServer.worker = self
         ggevent.StreamServer = _BalancedServer
+        self._turns = Turns(TURN_MAX_WAIT)
         try:
             super().run()
         finally:
@@ -114,7 +173,6 @@ class GatewayWorker(GeventWorker):
             _counts[self._slot + 1] = self._open
 
     def handle_request(self, listener_name, req, sock, addr):
-        try:
-            return super().handle_request(listener_name, req, sock, addr)
-        finally:
-            gevent.sleep(0)
+        # A connection that is to close ends here with StopIteration; one that stays open waits its turn.
+        super().handle_request(listener_name, req, sock, addr)
+        self._turns.wait()

@@ -1,14 +1,16 @@
-"""The gateway's gunicorn worker (gateway_project/workers.py) on a real gunicorn: one keep-alive connection
-with requests waiting cannot keep the worker from another connection."""
+"""The gateway's gunicorn worker (gateway_project/workers.py) on a real gunicorn: keep-alive connections with
+requests waiting cannot keep the worker from another connection."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
 import pytest
 
 from tests.support.gateways import start_gateway
+from tests.support.servers import wait_until
 
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: gateway.test\r\n\r\n"
 ANSWER = b'{"status":"ok"}'
@@ -59,3 +61,75 @@ def test_pipelined_requests_on_one_connection_do_not_hold_up_another(one_worker)
     finally:
         greedy.close()
         polite.close()
+
+
+PROBE = b"HEAD /healthz HTTP/1.1\r\nHost: gateway.test\r\n\r\n"
+
+
+def access_methods(gateway) -> list[str]:
+    """The method of each access line the gateway has written so far, in order."""
+    methods = []
+    for line in gateway.log().splitlines():
+        if line.startswith("{") and '"event": "request"' in line:
+            methods.append(json.loads(line)["method"])
+    return methods
+
+
+def drain(sock: socket.socket) -> int:
+    """Read what has arrived without waiting; return how many answers it held."""
+    data = b""
+    sock.setblocking(False)
+    try:
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    except BlockingIOError:
+        pass
+    finally:
+        sock.settimeout(10)
+    return data.count(ANSWER)
+
+
+def test_a_request_on_another_connection_goes_before_requests_already_waiting(one_worker):
+    """Four connections keep the worker busy with requests already in its sockets; a request arriving on a fifth
+    is answered next, not after a round of theirs. With `gevent.sleep(0)` after each request the four took turns
+    in gevent's callback phase, up to 50 requests before the worker looked at the fifth socket again."""
+    greedy = [socket.create_connection(("127.0.0.1", one_worker.port), timeout=10) for _ in range(4)]
+    polite = socket.create_connection(("127.0.0.1", one_worker.port), timeout=10)
+    burst, probes = 400, 12
+    try:
+        start = len(access_methods(one_worker))
+        for sock in (*greedy, polite):
+            sock.sendall(REQUEST)
+            answered(sock, 1)
+        wait_until(lambda: len(access_methods(one_worker)) == start + 5, 10, "the first answers logged")
+        start += 5
+        for sock in greedy:
+            sock.sendall(REQUEST * burst)
+        received = [answered(greedy[0], 1).count(ANSWER), 0, 0, 0]  # the worker is at it
+        received_before = []
+        for _ in range(probes):
+            for i, sock in enumerate(greedy):
+                received[i] += drain(sock)
+            received_before.append(sum(received))
+            polite.sendall(PROBE)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += polite.recv(4096)
+            assert head.startswith(b"HTTP/1.1 200")
+        assert sum(received) < 4 * burst // 2, "the burst was over before the probes: nothing measured"
+        for i, sock in enumerate(greedy):
+            answered(sock, burst - received[i])
+        wait_until(lambda: len(access_methods(one_worker)) == start + 4 * burst + probes, 10, "every answer logged")
+        served_before = []
+        gets = 0
+        for method in access_methods(one_worker)[start:]:
+            if method == "HEAD":
+                served_before.append(gets)
+            else:
+                gets += 1
+        # How many of the four's requests the worker served between the probe's arrival and its answer.
+        queued_behind = [served - received for served, received in zip(served_before, received_before, strict=True)]
+        assert max(queued_behind) <= 20, queued_behind
+    finally:
+        for sock in (*greedy, polite):
+            sock.close()
