@@ -1,13 +1,17 @@
-"""The gateway's gunicorn worker: when a worker leaves a new connection to a less loaded one (pure logic; the
-worker on a real gunicorn is in test_workers_e2e.py)."""
+"""The gateway's gunicorn worker: when a worker leaves a new connection to a less loaded one (pure logic), and
+how its responses reach the socket (gunicorn's own parser and response on a socket pair); the worker on a real
+gunicorn is in test_workers_e2e.py."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 
 import pytest
+from gunicorn.config import Config
+from gunicorn.http.parser import RequestParser
 
 from gateway_project import workers
 
@@ -68,3 +72,87 @@ def test_holds_a_connection_back_at_most_the_maximum_deferral(worker, monkeypatc
     # A new wait later (the other worker took the connections meanwhile) starts its own clock.
     now[0] += 1.0
     assert worker.hold_back()
+
+
+class Recorder:
+    """The client socket as the response sees it: every sendall is one write."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.writes: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.sock.sendall(data)
+
+
+def respond(request: bytes, status: str, headers: list, body: list[bytes]) -> tuple[list[bytes], bytes]:
+    """Serve one request with the worker's Response; return its writes and what the client read."""
+    server, client = socket.socketpair()
+    with server, client:
+        client.sendall(request)
+        req = next(RequestParser(Config(), server, ("127.0.0.1", 1)))
+        sock = Recorder(server)
+        response = workers.Response(req, sock, Config())
+        response.start_response(status, headers)
+        for piece in body:
+            response.write(piece)
+        response.close()
+        server.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := client.recv(65536):
+            received += chunk
+    return sock.writes, received
+
+
+GET = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def test_the_header_block_goes_out_with_the_first_body_bytes():
+    writes, received = respond(GET, "200 OK", [("Content-Length", "10")], [b"hello", b"world"])
+    assert len(writes) == 2
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"\r\n\r\nhello")
+    assert writes[1] == b"world"
+    assert received == b"".join(writes)
+
+
+def test_a_chunked_body_keeps_its_framing():
+    writes, received = respond(GET, "200 OK", [("Content-Type", "text/plain")], [b"hello", b"world!"])
+    assert b"Transfer-Encoding: chunked\r\n" in writes[0]
+    assert writes[0].endswith(b"\r\n\r\n5\r\nhello\r\n")
+    assert writes[1:] == [b"6\r\nworld!\r\n", b"0\r\n\r\n"]
+    assert received.endswith(b"\r\n\r\n5\r\nhello\r\n6\r\nworld!\r\n0\r\n\r\n")
+
+
+def test_an_empty_chunked_body_is_the_header_block_and_the_last_chunk_in_one_write():
+    writes, _ = respond(GET, "200 OK", [], [])
+    assert len(writes) == 1
+    assert writes[0].endswith(b"\r\n\r\n0\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status", "body"),
+    [
+        (b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n", "200 OK", [b"dropped"]),
+        (GET, "204 No Content", []),
+        (GET, "304 Not Modified", []),
+    ],
+)
+def test_a_response_without_a_body_is_its_header_block(request_line, status, body):
+    writes, received = respond(request_line, status, [("Content-Length", "7")], body)
+    assert len(writes) == 1
+    assert writes[0].endswith(b"\r\n\r\n")
+    assert received == writes[0]
+
+
+def test_an_empty_piece_sends_the_header_block_at_once():
+    """A streaming answer whose body is slow to come: an empty first piece gets the headers to the client."""
+    server, client = socket.socketpair()
+    with server, client:
+        client.sendall(GET)
+        req = next(RequestParser(Config(), server, ("127.0.0.1", 1)))
+        response = workers.Response(req, server, Config())
+        response.start_response("200 OK", [("Content-Type", "text/event-stream")])
+        response.write(b"")
+        client.settimeout(5)
+        assert client.recv(65536).endswith(b"\r\n\r\n")
