@@ -9,6 +9,8 @@ import socket
 import subprocess
 import time
 
+import gevent
+import gevent.socket
 import pytest
 from gunicorn.config import Config
 from gunicorn.http.parser import RequestParser
@@ -156,3 +158,44 @@ def test_an_empty_piece_sends_the_header_block_at_once():
         response.write(b"")
         client.settimeout(5)
         assert client.recv(65536).endswith(b"\r\n\r\n")
+
+
+def test_turns_let_waiting_connections_go_in_arrival_order():
+    turns = workers.Turns(max_wait=5.0)
+    order = []
+
+    def next_request(name):
+        turns.wait()
+        order.append(name)
+
+    gevent.joinall([gevent.spawn(next_request, name) for name in "abcde"], timeout=5)
+    assert order == list("abcde")
+    assert not turns.waiting and not turns.idle.active and not turns.timer.active
+
+
+def test_a_loop_that_is_never_idle_still_lets_a_waiting_connection_go():
+    """A socket that is always readable keeps a watcher pending on every pass of the loop, so it is never idle:
+    the wait ends after max_wait, not never."""
+    turns = workers.Turns(max_wait=0.05)
+    busy, other = socket.socketpair()
+    busy.sendall(b"x")  # never read: always readable
+    spinning = True
+
+    def spin():
+        while spinning:
+            gevent.socket.wait_read(other.fileno())
+
+    spinner = gevent.spawn(spin)
+    try:
+        gevent.sleep(0.01)
+        started = time.monotonic()
+        waiting = gevent.spawn(turns.wait)
+        waiting.join(timeout=2)
+        waited = time.monotonic() - started
+        assert waiting.successful()
+        assert 0.04 <= waited < 1.0
+    finally:
+        spinning = False
+        spinner.join(timeout=2)
+        busy.close()
+        other.close()
