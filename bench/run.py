@@ -767,7 +767,10 @@ GROUPS = (
         (" (proxy/", " (limits/", " (breakers/", " (gateway_project/"),
     ),
     ("  of which urllib3 + http.client: the upstream call", (" (urllib3/", "http/client.py", " (email/")),
-    ("  of which redis-py: the rate-limit call", (" (redis/",)),
+    (
+        "  of which the rate-limit call: the worker's Redis pipe and its script",
+        (" (redis/", " (gateway_project/redis_pipe.py", " (gateway_project/store.py"),
+    ),
     ("  of which logging: the access line", (" (structlog/", " (logging/", "_LineWriter")),
     ("  of which prometheus_client: metrics", (" (prometheus_client/",)),
 )
