@@ -74,6 +74,16 @@ def upstream():
     server.stop()
 
 
+@pytest.fixture
+def in_process(settings, monkeypatch):
+    """Serve the admin and the API from this process inside the test's transaction: a fast password hasher for
+    admin_user, and no runtime.start() when the test client builds the middleware (it ends with
+    close_old_connections(), which would close the connection holding the test's transaction; the admin pages
+    do not need the compiled configuration). Static files need no collectstatic: tests/settings.py."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    monkeypatch.setattr(runtime, "start", lambda: None)
+
+
 @pytest.fixture(scope="module")
 def gateway_options() -> dict:
     """How a module's `gateway` is started (the keywords of `start_gateway`); a module overrides this fixture to

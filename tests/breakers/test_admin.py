@@ -13,28 +13,16 @@ from django.urls import reverse
 from breakers import services
 from breakers.models import BreakerTransition
 from breakers.policy import CLOSED, DISABLED, FORCED_OPEN, NORMAL, OPEN, SHADOW
-from gateway_project import runtime, store
+from gateway_project import store
 from gateway_project.audit import Actor
 from gateway_project.models import AuditEntry
 from tests.support.config import breaker_modes, breaker_op, make_upstream, set_breaker_mode
 from tests.support.servers import free_port
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_prefix")]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_prefix", "in_process")]
 
 LIVE = "admin:breakers_breaker_changelist"
 ACT = "admin:breakers_breaker_act"
-
-
-@pytest.fixture(autouse=True)
-def _in_process(settings, monkeypatch, tmp_path):
-    """Serve the admin from this process: static files without a manifest, no configuration watcher."""
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
-    settings.STATIC_ROOT = tmp_path
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # a fast admin_user
-    monkeypatch.setattr(runtime, "start", lambda: None)
 
 
 @pytest.fixture

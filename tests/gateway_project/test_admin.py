@@ -8,24 +8,12 @@ import re
 import pytest
 from django.urls import reverse
 
-from gateway_project import runtime, tokens
+from gateway_project import tokens
 from gateway_project.models import ApiToken, AuditEntry
 from proxy.models import Upstream
 from tests.support.admin import upstream_form
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix")]
-
-
-@pytest.fixture(autouse=True)
-def _in_process(settings, monkeypatch, tmp_path):
-    """As tests/limits/test_admin.py: static files without a manifest, no runtime.start()."""
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
-    settings.STATIC_ROOT = tmp_path
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    monkeypatch.setattr(runtime, "start", lambda: None)
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix", "in_process")]
 
 
 def test_a_token_made_in_the_admin_is_shown_once_and_can_be_revoked(admin_client, admin_user):

@@ -12,7 +12,7 @@ from django.test import Client
 
 from breakers.models import BreakerTransition
 from breakers.policy import CLOSED, FORCED_OPEN, OPEN
-from gateway_project import runtime, tokens
+from gateway_project import tokens
 from gateway_project.audit import Actor
 from gateway_project.models import AuditEntry
 from limits.compiled import hash_key
@@ -20,16 +20,9 @@ from limits.models import ApiKey
 from proxy.models import Route, Upstream
 from tests.support.config import TEST_ACTOR, breaker_op, hit, make_policy, make_upstream
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix", "in_process")]
 
 API = "/_gateway/api/v1"
-
-
-@pytest.fixture(autouse=True)
-def _in_process(settings, monkeypatch):
-    """No runtime.start() when the test client builds the middleware (see tests/limits/test_admin.py)."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    monkeypatch.setattr(runtime, "start", lambda: None)
 
 
 class Api:

@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from gateway_project import metrics, runtime, status
+from gateway_project import metrics, status
 from gateway_project.conf import read
 from limits.models import RateLimitPolicy
 from tests.support.config import make_route, make_upstream
@@ -119,15 +119,8 @@ def test_a_prometheus_url_must_be_http():
 
 
 @pytest.fixture
-def in_process(settings, monkeypatch, tmp_path):
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
-    settings.STATIC_ROOT = tmp_path
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+def in_process(in_process, settings, tmp_path):
     settings.GATEWAY_RUN_DIR = str(tmp_path)
-    monkeypatch.setattr(runtime, "start", lambda: None)
 
 
 @pytest.mark.django_db

@@ -11,7 +11,7 @@ import pytest
 from django.urls import reverse
 from django.utils.html import escape
 
-from gateway_project import runtime, store
+from gateway_project import store
 from gateway_project.models import AuditEntry
 from limits import limiter, services
 from limits.compiled import compile_policy, hash_key
@@ -20,26 +20,9 @@ from tests.support.config import TEST_ACTOR, hit, make_consumer, make_policy
 from tests.support.servers import free_port
 
 # Saves publish the configuration revision to Redis after commit: a real one, under a private prefix.
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix", "in_process")]
 
 KEY_RE = re.compile(r"gw_[A-Za-z0-9_-]{20,}")
-
-
-@pytest.fixture(autouse=True)
-def _in_process(settings, monkeypatch, tmp_path):
-    """Serve the admin from this process inside the test's transaction.
-
-    Static files without collectstatic's manifest; and no runtime.start() when the test client builds the
-    middleware: it ends with close_old_connections(), which would close the connection holding the test's
-    transaction (the admin pages do not need the compiled configuration).
-    """
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
-    settings.STATIC_ROOT = tmp_path
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # a fast admin_user
-    monkeypatch.setattr(runtime, "start", lambda: None)
 
 
 def messages_of(response) -> list[str]:

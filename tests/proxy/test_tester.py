@@ -9,25 +9,13 @@ import re
 import pytest
 from django.urls import reverse
 
-from gateway_project import runtime
 from gateway_project.models import AuditEntry
 from limits import limiter
 from limits.compiled import compile_policy
 from proxy import tester
 from tests.support.config import TEST_ACTOR, make_policy, make_route, make_upstream, set_breaker_mode
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix")]
-
-
-@pytest.fixture(autouse=True)
-def _in_process(settings, monkeypatch, tmp_path):
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
-    settings.STATIC_ROOT = tmp_path
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    monkeypatch.setattr(runtime, "start", lambda: None)
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_prefix", "in_process")]
 
 
 @pytest.fixture
