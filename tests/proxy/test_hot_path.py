@@ -6,6 +6,7 @@ from a dedicated Redis server's command statistics and the gateway's own databas
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import threading
@@ -14,11 +15,13 @@ import time
 import pytest
 import redis
 import requests
+from django.core.signals import request_finished, request_started
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from breakers import gate
+from gateway_project.access_log import AccessLog
 from limits.models import RateLimitPolicy
 from tests.support.config import make_route, make_upstream, serve
 from tests.support.gateways import talking_to
@@ -159,3 +162,79 @@ def test_under_gunicorn_redis_and_sql_per_request(gateway, own_redis, transactio
     assert sum(round_trips.values()) - count <= background, round_trips
     # The configuration watcher reads the revision from the database every 5 s per worker; requests never do.
     assert queries_after - queries_before <= 2 * (elapsed / 5 + 1) * 2
+
+
+def _environ(path: str) -> dict:
+    return {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "testserver",
+        "REMOTE_ADDR": "127.0.0.1",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": io.StringIO(),
+        "wsgi.url_scheme": "http",
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+    }
+
+
+def _serve(path: str) -> tuple[str, dict, bytes]:
+    """One request through gunicorn's entry point (gateway_project.wsgi.application), as gunicorn makes it."""
+    from gateway_project.wsgi import application
+
+    started = []
+    response = application(_environ(path), lambda status, headers: started.append((status, dict(headers))))
+    try:
+        body = b"".join(response)
+    finally:
+        response.close()
+    return started[0][0], started[0][1], body
+
+
+def test_a_proxied_request_skips_djangos_request_signals_and_an_own_path_keeps_them(routed, monkeypatch):
+    """A proxied request touches no database, so the entry point leaves out Django's request_started and
+    request_finished (whose receivers reset and close database connections); the gateway's own paths keep them.
+    The proxied response is still closed: its access line is written."""
+    fired = []
+    monkeypatch.setattr(AccessLog, "write", lambda self, ctx, request, status, sent: fired.append(("logged", status)))
+
+    def started_receiver(sender, **kwargs):
+        fired.append("started")
+
+    def finished_receiver(sender, **kwargs):
+        fired.append("finished")
+
+    request_started.connect(started_receiver)
+    request_finished.connect(finished_receiver)
+    try:
+        status, headers, body = _serve("/api/x")
+        assert status == "200 OK"
+        assert headers["X-Request-ID"]
+        assert fired == [("logged", 200)]
+
+        fired.clear()
+        status, _, _ = _serve("/healthz")
+        assert status == "200 OK"
+        assert fired == ["started", ("logged", 200), "finished"]
+    finally:
+        request_started.disconnect(started_receiver)
+        request_finished.disconnect(finished_receiver)
+
+
+def test_the_own_paths_of_the_entry_point_are_the_route_middlewares(settings):
+    """The entry point's shorter path is only for what RouteMiddleware proxies: every reserved prefix, and only
+    on a segment boundary, goes through Django's whole handler."""
+    from gateway_project.wsgi import django_application
+
+    for prefix in settings.GATEWAY_RESERVED_PREFIXES:
+        assert django_application._own(prefix)
+        assert django_application._own(prefix + "/anything")
+        assert not django_application._own(prefix + "x")
+    assert not django_application._own("/api/x")
