@@ -315,3 +315,18 @@ def test_a_client_deadline_shortens_the_upstreams_and_a_spent_one_is_not_sent(up
         send(up, deadline=0.0, deadline_header="X-Timeout-Ms")
     assert failed.value.timeout
     assert len(upstream.received) == 1
+
+
+def test_an_attempt_gets_the_pool_connection_from_host_would_give_even_after_the_pool_was_evicted(upstream):
+    up = target(upstream.url)
+    (chosen,) = up.targets
+    manager = forwarding.pool_manager()
+    pool = forwarding._pool(manager, up.scheme, chosen)
+    assert pool is manager.connection_from_host(chosen.host, chosen.port, up.scheme, pool_kwargs=chosen.pool_kwargs)
+    assert forwarding._pool(manager, up.scheme, chosen) is pool
+    # The manager closes and forgets pools it holds no room for; the next attempt gets a new, working one.
+    manager.clear()
+    again = forwarding._pool(manager, up.scheme, chosen)
+    assert again is not pool
+    assert again is manager.connection_from_host(chosen.host, chosen.port, up.scheme, pool_kwargs=chosen.pool_kwargs)
+    assert send(up).response.status == 200
