@@ -23,7 +23,7 @@ two unfairnesses, each fixed here without touching how requests are parsed:
   waited ACCEPT_MAX_DEFER for the others, so a stuck or busy worker never holds connections back for long.
 
 It also writes each response's header block together with the first body bytes (`Response`), one send instead
-of two.
+of two, and formats the Date header once a second instead of once a response (`http_date`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from collections import deque
 from gevent import get_hub
 from gevent.hub import Waiter
 from gevent.server import StreamServer
+from gunicorn import util
 from gunicorn.http import wsgi
 from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
@@ -142,6 +143,22 @@ class Response(wsgi.Response):
         super().close()
 
 
+_gunicorn_http_date = util.http_date
+_date: tuple[int, str] = (0, "")
+
+
+def http_date(timestamp: float | None = None) -> str:
+    """gunicorn's util.http_date, the current time's formatted once per second (by the email package, which cost
+    about 1 % of a worker's time per response)."""
+    global _date
+    if timestamp is not None:
+        return _gunicorn_http_date(timestamp)
+    second = int(time.time())
+    if _date[0] != second:
+        _date = (second, _gunicorn_http_date(second))
+    return _date[1]
+
+
 class Turns:
     """One worker's keep-alive connections waiting to start their next request, in the order they got there.
 
@@ -204,6 +221,7 @@ class GatewayWorker(GeventWorker):
         _BalancedServer.worker = self
         ggevent.StreamServer = _BalancedServer
         wsgi.Response = Response
+        util.http_date = http_date
         self._turns = Turns(TURN_MAX_WAIT)
         try:
             super().run()

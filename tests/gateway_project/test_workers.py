@@ -199,3 +199,21 @@ def test_a_loop_that_is_never_idle_still_lets_a_waiting_connection_go():
         spinner.join(timeout=2)
         busy.close()
         other.close()
+
+
+def test_the_date_header_is_gunicorns_formatted_once_a_second(monkeypatch):
+    from email.utils import formatdate
+
+    now = [1_700_000_000.25]
+    monkeypatch.setattr(workers.time, "time", lambda: now[0])
+    monkeypatch.setattr(workers, "_date", (0, ""))
+    formatted = []
+    monkeypatch.setattr(workers, "_gunicorn_http_date", lambda t: formatted.append(t) or formatdate(t, usegmt=True))
+    first = workers.http_date()
+    assert first == "Tue, 14 Nov 2023 22:13:20 GMT" == formatdate(now[0], usegmt=True)
+    now[0] += 0.7  # the same second
+    assert workers.http_date() == first
+    now[0] += 0.1  # the next one
+    assert workers.http_date() == "Tue, 14 Nov 2023 22:13:21 GMT"
+    assert len(formatted) == 2
+    assert workers.http_date(86400) == "Fri, 02 Jan 1970 00:00:00 GMT"  # a given time is formatted as given

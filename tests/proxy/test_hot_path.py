@@ -217,6 +217,7 @@ def test_a_proxied_request_skips_djangos_request_signals_and_an_own_path_keeps_t
         status, headers, body = _serve("/api/x")
         assert status == "200 OK"
         assert headers["X-Request-ID"]
+        assert body  # the upstream's answer, relayed
         assert fired == [("logged", 200)]
 
         fired.clear()
