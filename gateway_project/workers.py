@@ -24,10 +24,17 @@ two unfairnesses, each fixed here without touching how requests are parsed:
 
 It also writes each response's header block together with the first body bytes (`Response`), one send instead
 of two, and formats the Date header once a second instead of once a response (`http_date`).
+
+Once the application is loaded it freezes what exists for the garbage collector (`gc.freeze()`): Django, the
+apps and the compiled configuration are about 110,000 long-lived objects, and every full collection walked them
+all, stopping the worker and every request in it for 50-70 ms, twice per worker in a 10 s run at 64 connections
+(measured with gc.callbacks). Frozen, they are left out of collections, which then took under 1 ms. Objects made
+later, a reloaded configuration included, are collected as before.
 """
 
 from __future__ import annotations
 
+import gc
 import mmap
 import os
 import time
@@ -217,6 +224,8 @@ class GatewayWorker(GeventWorker):
         super().init_process()
 
     def run(self):
+        # The application is loaded (gunicorn loads it before run): leave what exists now out of collections.
+        gc.freeze()
         # This process only (a forked worker): gunicorn's gevent worker builds its servers from this name.
         _BalancedServer.worker = self
         ggevent.StreamServer = _BalancedServer

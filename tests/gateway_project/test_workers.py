@@ -217,3 +217,26 @@ def test_the_date_header_is_gunicorns_formatted_once_a_second(monkeypatch):
     assert workers.http_date() == "Tue, 14 Nov 2023 22:13:21 GMT"
     assert len(formatted) == 2
     assert workers.http_date(86400) == "Fri, 02 Jan 1970 00:00:00 GMT"  # a given time is formatted as given
+
+
+def test_the_worker_freezes_what_the_loaded_application_holds_before_it_serves(monkeypatch):
+    """Full collections would otherwise walk every object of Django and the apps, stopping the worker for tens
+    of milliseconds; frozen objects are left out."""
+    import gc
+
+    frozen_when_serving = []
+    monkeypatch.setattr(workers.GeventWorker, "run", lambda self: frozen_when_serving.append(gc.get_freeze_count()))
+    monkeypatch.setattr(workers, "Turns", lambda max_wait: None)
+    monkeypatch.setattr(workers.ggevent, "StreamServer", workers.ggevent.StreamServer)
+    monkeypatch.setattr(workers.wsgi, "Response", workers.wsgi.Response)
+    monkeypatch.setattr(workers.util, "http_date", workers.util.http_date)
+    worker = object.__new__(workers.GatewayWorker)
+    worker._slot = 0
+    saved = workers._counts[0]
+    gc.unfreeze()
+    try:
+        worker.run()
+    finally:
+        gc.unfreeze()
+        workers._counts[0] = saved
+    assert frozen_when_serving and frozen_when_serving[0] > 10_000
