@@ -228,15 +228,19 @@ class HealthThread(threading.Thread):
         self.prober = Prober()
         return True
 
-    def round(self) -> None:
-        upstreams = compiled_upstreams()
-        if (self.leader or self.try_lead()) and self.prober.run_due(upstreams):
-            write_json(self.run_dir / ACTIVE, self.prober.document())
+    def apply_verdicts(self, upstreams: list) -> None:
+        """Apply the instance's verdicts to this worker's targets when they changed since the last time."""
         with contextlib.suppress(FileNotFoundError):
             stamp = (self.run_dir / ACTIVE).stat().st_mtime_ns
             if stamp != self.seen_active:
                 self.seen_active = stamp
                 apply_active(read_json(self.run_dir / ACTIVE), upstreams)
+
+    def round(self) -> None:
+        upstreams = compiled_upstreams()
+        if (self.leader or self.try_lead()) and self.prober.run_due(upstreams):
+            write_json(self.run_dir / ACTIVE, self.prober.document())
+        self.apply_verdicts(upstreams)
         now = time.monotonic()
         if now - self.published >= PUBLISH_EVERY:
             passive = passive_document(upstreams, now)
@@ -256,4 +260,11 @@ def start(run_dir: str) -> None:
         return
     _started_pid = os.getpid()
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    HealthThread(Path(run_dir)).start()
+    thread = HealthThread(Path(run_dir))
+    # Before this worker serves (a worker started in place of another one, say): the verdicts the instance
+    # already has, so that no request goes to a target known to fail its checks while the first round waits.
+    try:
+        thread.apply_verdicts(compiled_upstreams())
+    except Exception:  # never keep a worker from starting: the thread's first round applies them
+        logger.exception("applying the instance's target health verdicts at start failed")
+    thread.start()
