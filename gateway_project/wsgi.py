@@ -55,7 +55,6 @@ class GatewayHandler(WSGIHandler):
         if self._own(request.path_info):
             return super().__call__(environ, start_response)
         response = self._middleware_chain(request)
-        response._handler_class = self.__class__
         response.close = partial(_close_proxied, response)
         start_response(
             f"{response.status_code} {response.reason_phrase}",

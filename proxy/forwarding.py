@@ -108,7 +108,7 @@ _METHODS_EXPECTING_BODY = frozenset({"PATCH", "POST", "PUT"})
 _ONE_ATTEMPT = Retry(False, redirect=False)
 
 
-class OneWriteRequest:
+class OnePassRequestHead:
     """urllib3's `request()` for a request without a body, its head built in one pass.
 
     urllib3 and http.client add each header with two calls that each check and encode it; for the dozen fields
@@ -161,7 +161,7 @@ class OneWriteRequest:
         return None
 
 
-class KeepAliveHTTPConnection(OneWriteRequest, HTTPConnection):
+class KeepAliveHTTPConnection(OnePassRequestHead, HTTPConnection):
     """urllib3's plain-HTTP connection with a cheaper liveness check.
 
     Before reusing a pooled keep-alive connection, urllib3 asks whether the upstream closed it by polling the
@@ -179,7 +179,7 @@ class KeepAliveHTTPConnectionPool(HTTPConnectionPool):
     ConnectionCls = KeepAliveHTTPConnection
 
 
-class UpstreamHTTPSConnection(OneWriteRequest, HTTPSConnection):
+class UpstreamHTTPSConnection(OnePassRequestHead, HTTPSConnection):
     response_class = UpstreamHTTPResponse
 
 

@@ -1,5 +1,5 @@
-"""The upstream request's head, built in one pass (proxy.forwarding.OneWriteRequest): byte for byte what urllib3
-sends, refused where http.client refuses, in one write."""
+"""The upstream request's head, built in one pass (proxy.forwarding.OnePassRequestHead): byte for byte what
+urllib3 sends, refused where http.client refuses, in one write."""
 
 from __future__ import annotations
 
