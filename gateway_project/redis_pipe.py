@@ -49,7 +49,7 @@ import hiredis
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway_project.http import still_open
+from gateway_project.http import send_all, still_open
 
 #: Where a call's command takes its deadline (Redis time, microseconds) when it is written.
 DEADLINE = object()
@@ -258,7 +258,7 @@ class Pipe:
             if sock is None or self.closed:
                 return False
             try:
-                sock.sendall(b"".join([encode(call.command, deadline) for call in calls]))
+                send_all(sock, b"".join([encode(call.command, deadline) for call in calls]))
                 # Stamped once written: this process may be paused (a busy machine) between taking the calls and
                 # writing them, and that pause is not Redis's silence.
                 written = time.monotonic()

@@ -48,6 +48,8 @@ from gunicorn.http import wsgi
 from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
+from gateway_project.http import send_all
+
 #: Workers one instance can track (by the worker's age, so a new worker takes a new slot).
 SLOTS = 256
 #: How many more open connections than the least loaded worker a worker may hold and still accept.
@@ -119,7 +121,7 @@ class Response(wsgi.Response):
     def _flush_head(self) -> None:
         head, self._head = self._head, b""
         if head:
-            self.sock.sendall(head)
+            send_all(self.sock, head)
 
     def write(self, arg) -> None:
         super().write(arg)
@@ -130,9 +132,9 @@ class Response(wsgi.Response):
         if not head:
             super()._emit_body(data)
         elif self.chunked:
-            self.sock.sendall(b"%s%X\r\n%s\r\n" % (head, len(data), data))
+            send_all(self.sock, b"%s%X\r\n%s\r\n" % (head, len(data), data))
         else:
-            self.sock.sendall(head + data)
+            send_all(self.sock, head + data)
 
     def sendfile(self, respiter) -> bool:
         self.send_headers()
@@ -144,7 +146,7 @@ class Response(wsgi.Response):
             self.send_headers()
         if self._head and self.chunked:
             head, self._head = self._head, b""
-            self.sock.sendall(head + b"0\r\n\r\n")
+            send_all(self.sock, head + b"0\r\n\r\n")
             return
         self._flush_head()
         super().close()

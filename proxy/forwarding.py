@@ -36,7 +36,7 @@ from urllib3.util import SKIP_HEADER, SKIPPABLE_HEADERS, Retry
 
 from gateway_project import metrics
 from gateway_project.context import AttemptObserver
-from gateway_project.http import still_open
+from gateway_project.http import send_all, still_open
 from proxy.balancing import CompiledTarget
 from proxy.routing import CompiledUpstream
 from proxy.upstream_response import HEADER_DEADLINE, HeaderDeadline, UpstreamHTTPResponse
@@ -159,6 +159,13 @@ class OnePassRequestHead:
             self._buffer.append(block)
         self.endheaders()
         return None
+
+    def send(self, data) -> None:
+        """http.client's send(), a head or a buffered body in one send(2) when it fits (gateway_project.http)."""
+        if self.sock is not None and isinstance(data, bytes):
+            send_all(self.sock, data)
+        else:
+            super().send(data)
 
 
 class KeepAliveHTTPConnection(OnePassRequestHead, HTTPConnection):

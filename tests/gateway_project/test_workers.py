@@ -77,7 +77,7 @@ def test_holds_a_connection_back_at_most_the_maximum_deferral(worker, monkeypatc
 
 
 class Recorder:
-    """The client socket as the response sees it: every sendall is one write."""
+    """The client socket as the response sees it: every send or sendall is one write."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -86,6 +86,11 @@ class Recorder:
     def sendall(self, data: bytes) -> None:
         self.writes.append(bytes(data))
         self.sock.sendall(data)
+
+    def send(self, data: bytes) -> int:
+        sent = self.sock.send(data)
+        self.writes.append(bytes(data[:sent]))
+        return sent
 
 
 def respond(request: bytes, status: str, headers: list, body: list[bytes]) -> tuple[list[bytes], bytes]:

@@ -30,6 +30,10 @@ class Recorder:
                 recorder.sends += 1
                 self._sock.sendall(data)
 
+            def send(self, data) -> int:
+                recorder.sends += 1
+                return self._sock.send(data)
+
             def settimeout(self, value) -> None:
                 self._sock.settimeout(value)
 

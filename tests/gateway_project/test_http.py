@@ -1,0 +1,60 @@
+"""gateway_project.http on real sockets: writing a message in one send(2) when it fits, the rest after."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import gevent.socket
+
+from gateway_project.http import send_all
+
+
+class Counting:
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.calls: list[str] = []
+
+    def send(self, data) -> int:
+        self.calls.append("send")
+        return self.sock.send(data)
+
+    def sendall(self, data) -> None:
+        self.calls.append("sendall")
+        self.sock.sendall(data)
+
+
+def test_a_small_message_is_one_send():
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        counting = Counting(ours)
+        send_all(counting, b"HTTP/1.1 200 OK\r\n\r\nhello")
+        assert counting.calls == ["send"]
+        assert theirs.recv(100) == b"HTTP/1.1 200 OK\r\n\r\nhello"
+
+
+def test_what_the_kernel_does_not_take_at_once_follows_in_order_under_gevent():
+    """A message far larger than the socket's buffers: the first send takes part, sendall the rest, while the
+    peer reads; every byte arrives once, in order."""
+    a, b = socket.socketpair()
+    ours, theirs = gevent.socket.socket(fileno=a.detach()), b
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.settimeout(5)
+    message = bytes(range(256)) * 16384  # 4 MiB
+    received = bytearray()
+
+    def read() -> None:
+        while len(received) < len(message):
+            chunk = theirs.recv(1 << 20)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    with ours, theirs:
+        counting = Counting(ours)
+        send_all(counting, message)
+        reader.join(10)
+    assert counting.calls == ["send", "sendall"]
+    assert bytes(received) == message
