@@ -14,7 +14,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
 
 import django
 from django.conf import settings
-from django.core.handlers.wsgi import WSGIHandler
+from django.core.handlers.wsgi import WSGIHandler, get_path_info
 from gunicorn.workers.base_async import ALREADY_HANDLED
 
 
@@ -51,9 +51,11 @@ class GatewayHandler(WSGIHandler):
         return False
 
     def __call__(self, environ, start_response):
-        request = self.request_class(environ)
-        if self._own(request.path_info):
+        # Decided on the environ as the server gave it: making a request object first would rewrite PATH_INFO
+        # to the decoded path, which Django's handler then cannot decode again (a path outside latin-1 was a 500).
+        if self._own(get_path_info(environ)):
             return super().__call__(environ, start_response)
+        request = self.request_class(environ)
         response = self._middleware_chain(request)
         response.close = partial(_close_proxied, response)
         start_response(

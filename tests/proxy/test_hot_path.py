@@ -239,3 +239,12 @@ def test_the_own_paths_of_the_entry_point_are_the_route_middlewares(settings):
         assert django_application._own(prefix + "/anything")
         assert not django_application._own(prefix + "x")
     assert not django_application._own("/api/x")
+
+
+def test_an_own_path_outside_latin_1_is_answered_not_a_server_error(routed):
+    """gunicorn hands the path's UTF-8 bytes over as latin-1 characters; the gateway's own paths go through
+    Django's handler with the environ as it came: a client error (no such route), never a server error."""
+    status, _, _ = _serve("/_gateway/api/v1/routes/" + "\U0009a872".encode().decode("latin-1") + "/")
+    assert status.startswith("4"), status
+    status, _, _ = _serve("/api/" + "\u00e9".encode().decode("latin-1"))
+    assert status == "200 OK"
