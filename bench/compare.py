@@ -26,22 +26,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from run import BENCH, BIN, BODY, ROOT, Process, free_port, start_nginx, wait_http, wrk
+from run import BENCH, BIN, BODY, NEVER_HIT, ROOT, Process, free_port, start_nginx, wait_http, wrk
 
 CONFIG = {
     "version": 1,
     "upstreams": [{"name": "bench", "base_url": "", "read_timeout": 60, "deadline": 120}],
     "routes": [{"name": "bench", "path_prefix": "/gw", "upstream": "bench"}],
-    "rate_limits": [
-        {
-            "name": "never-hit",
-            "scope": "global",
-            "key_by": "ip",
-            "limit": 1_000_000_000,
-            "window_seconds": 1,
-            "algorithm": "gcra",
-        }
-    ],
+    "rate_limits": [NEVER_HIT],
 }
 
 

@@ -119,7 +119,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(HERE))
-    from run import BODY, Process, free_port, start_nginx
+    from run import BODY, NEVER_HIT, Process, free_port, start_nginx
 
     work = Path(tempfile.mkdtemp(prefix="gateway-inprocess-"))
     work.chmod(0o755)
@@ -162,16 +162,7 @@ def main() -> None:
             "version": 1,
             "upstreams": [{"name": "bench", "base_url": f"http://127.0.0.1:{upstream_port}", "read_timeout": 60}],
             "routes": [{"name": "bench", "path_prefix": "/gw", "upstream": "bench"}],
-            "rate_limits": [
-                {
-                    "name": "never-hit",
-                    "scope": "global",
-                    "key_by": "ip",
-                    "limit": 1_000_000_000,
-                    "window_seconds": 1,
-                    "algorithm": "gcra",
-                }
-            ],
+            "rate_limits": [NEVER_HIT],
         }
         (work / "gateway.json").write_text(json.dumps(config))
         time.sleep(0.5)  # nginx and Redis listening

@@ -1,5 +1,6 @@
-"""Small HTTP helpers the core and the apps share: naming a header in the WSGI environ, telling whether a
-kept-alive connection is still open before reusing it, and writing a small message in one system call."""
+"""Small HTTP helpers the core and the apps share: naming a header in the WSGI environ, the prefix a path lies
+under, telling whether a kept-alive connection is still open before reusing it, and writing a small message in
+one system call."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ import socket
 def environ_key(header: str) -> str:
     """The WSGI environ key of a request header: X-API-Key -> HTTP_X_API_KEY."""
     return "HTTP_" + header.upper().replace("-", "_")
+
+
+def under(path: str, prefixes: tuple[str, ...]) -> str | None:
+    """The first of `prefixes` that `path` lies under, on a segment boundary ("/admin" holds "/admin/x", not
+    "/adminx"), or None."""
+    for prefix in prefixes:
+        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+            return prefix
+    return None
 
 
 IDLE, DATA, CLOSED = "idle", "data", "closed"

@@ -17,6 +17,8 @@ from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler, get_path_info
 from gunicorn.workers.base_async import ALREADY_HANDLED
 
+from gateway_project.http import under
+
 
 def _close_proxied(response) -> None:
     """HttpResponseBase.close without the request_finished signal, whose receivers close the request's
@@ -45,10 +47,7 @@ class GatewayHandler(WSGIHandler):
         self.reserved = settings.GATEWAY_RESERVED_PREFIXES
 
     def _own(self, path: str) -> bool:
-        for prefix in self.reserved:
-            if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
-                return True
-        return False
+        return under(path, self.reserved) is not None
 
     def __call__(self, environ, start_response):
         # Decided on the environ as the server gave it: making a request object first would rewrite PATH_INFO

@@ -20,6 +20,7 @@ from django.utils.module_loading import import_string
 from gateway_project import runtime
 from gateway_project.client_ip import in_networks
 from gateway_project.context import OWN
+from gateway_project.http import under
 from gateway_project.responses import json_error
 from proxy import health
 from proxy.paths import BadPath, parse_target
@@ -34,13 +35,6 @@ def build_pipeline(paths: list[str], endpoint):
     for path in reversed(paths):
         handler = import_string(path)(handler)
     return handler
-
-
-def _under(path: str, prefixes: tuple[str, ...]) -> str | None:
-    for prefix in prefixes:
-        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
-            return prefix
-    return None
 
 
 class AdminSide:
@@ -98,10 +92,10 @@ class RouteMiddleware:
             # request read off a connection by gunicorn, not one built by Django's test client.)
             return json_error(request, 400, "bad_host", "The request needs exactly one Host header.")
         path = request.path_info
-        own = _under(path, self.reserved)
+        own = under(path, self.reserved)
         if own is not None:
             ctx.route_label = OWN
-            if _under(path, self.admin_prefixes):
+            if under(path, self.admin_prefixes):
                 if self.admin_side is not None and not self.admin_side.is_admin(environ):
                     return json_error(request, 404, "not_found", "Nothing is served at this path.")
                 if not in_networks(ctx.client_ip, self.admin_networks):
