@@ -319,35 +319,40 @@ class Prometheus:
             raise RuntimeError(body.get("error") or f"HTTP {response.status}")
         return body["data"]["result"]
 
-    def query(self, promql: str) -> dict[str, float]:
+    def query(self, promql: str, at: float) -> dict[str, float]:
         found = {}
-        for row in self._get("/api/v1/query", query=promql):
+        for row in self._get("/api/v1/query", query=promql, time=f"{at:.3f}"):
             key = next(iter(row["metric"].values()), "") if row["metric"] else ""
             value = float(row["value"][1])
             found[key] = value if math.isfinite(value) else None
         return found
 
-    def query_range(self, promql: str, span: float) -> dict[str, list[float]]:
-        end = time.time()
-        rows = self._get("/api/v1/query_range", query=promql, start=str(end - span), end=str(end), step=str(self.STEP))
+    def query_range(self, promql: str, span: float, end: float) -> dict[str, list[float]]:
+        rows = self._get(
+            "/api/v1/query_range", query=promql, start=f"{end - span:.3f}", end=f"{end:.3f}", step=str(self.STEP)
+        )
         return {next(iter(r["metric"].values()), ""): [float(v) for _, v in r["values"]] for r in rows}
 
     def figures(self) -> Figures:
+        # Every query is evaluated at the same instant. Evaluated one after the other at "now", two rates of young
+        # series were extrapolated over different stretches, and a route whose 5xx were all the gateway's own showed
+        # 84 % of them as its own, with Prometheus slow to answer.
+        at = time.time()
         keep = f'route!="{OWN}"'
         window = f"{int(WINDOW)}s"
         rate = f"sum by (route) (rate(gateway_requests_total{{{keep}}}[{window}]))"
-        rps = self.query(rate)
-        four = self.query(f'sum by (route) (rate(gateway_requests_total{{{keep},status=~"4.."}}[{window}]))')
-        too_many = self.query(f'sum by (route) (increase(gateway_requests_total{{{keep},status="429"}}[{window}]))')
+        rps = self.query(rate, at)
+        four = self.query(f'sum by (route) (rate(gateway_requests_total{{{keep},status=~"4.."}}[{window}]))', at)
+        too_many = self.query(f'sum by (route) (increase(gateway_requests_total{{{keep},status="429"}}[{window}]))', at)
         five_rate = f'sum by (route) (rate(gateway_requests_total{{{keep},status=~"5.."}}[{window}]))'
-        five = self.query(five_rate)
-        own = self.query(f'sum by (route) (rate(gateway_errors_total{{{keep},status=~"5.."}}[{window}]))')
+        five = self.query(five_rate, at)
+        own = self.query(f'sum by (route) (rate(gateway_errors_total{{{keep},status=~"5.."}}[{window}]))', at)
         buckets = f"sum by (route, le) (rate(gateway_request_duration_seconds_bucket{{{keep}}}[{window}]))"
-        p50 = self.query(f"histogram_quantile(0.5, {buckets})")
-        p95 = self.query(f"histogram_quantile(0.95, {buckets})")
-        series = self.query_range(rate, KEEP)
-        errors = self.query_range(five_rate, KEEP)
-        total = self.query_range(f"sum(rate(gateway_requests_total{{{keep}}}[{window}]))", KEEP)
+        p50 = self.query(f"histogram_quantile(0.5, {buckets})", at)
+        p95 = self.query(f"histogram_quantile(0.95, {buckets})", at)
+        series = self.query_range(rate, KEEP, at)
+        errors = self.query_range(five_rate, KEEP, at)
+        total = self.query_range(f"sum(rate(gateway_requests_total{{{keep}}}[{window}]))", KEEP, at)
         routes = []
         for name in sorted(rps):
             r = rps[name] or 0.0
@@ -373,7 +378,7 @@ class Prometheus:
             )
         decisions = f"sum by (policy, decision) (increase(gateway_ratelimit_decisions_total[{window}]))"
         policies: dict[str, dict] = {}
-        for row in self._get("/api/v1/query", query=decisions):
+        for row in self._get("/api/v1/query", query=decisions, time=f"{at:.3f}"):
             labels = row["metric"]
             entry = policies.setdefault(
                 labels.get("policy", ""),

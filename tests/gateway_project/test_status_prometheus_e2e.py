@@ -18,6 +18,12 @@ from tests.support.prometheus import running_prometheus
 from tests.support.servers import wait_until
 
 
+class SlowPrometheus(status.Prometheus):
+    def _get(self, path: str, **fields) -> list[dict]:
+        time.sleep(0.3)
+        return super()._get(path, **fields)
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, redis_server, django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
@@ -76,6 +82,10 @@ def test_the_fleets_figures_come_from_prometheus(fleet, prometheus, transactiona
         closed = next(r for r in figures.routes if r.route == "closed")
         assert closed.share_own_5xx == pytest.approx(1.0, abs=0.01)  # the gateway's own 503s, not the upstream's
         assert closed.share_upstream_5xx == pytest.approx(0.0, abs=0.01)
+        # A Prometheus slow to answer: the figures are still taken at one instant, so the shares hold.
+        slow = SlowPrometheus(prometheus).figures()
+        assert next(r for r in slow.routes if r.route == "closed").share_own_5xx == pytest.approx(1.0, abs=0.01)
+        assert next(r for r in slow.routes if r.route == "orders").share_upstream_5xx == pytest.approx(0.2, abs=0.02)
         assert orders.p50_ms is not None and orders.p95_ms is not None
         assert orders.series and max(orders.series) > 0
         assert "(gateway)" not in {r.route for r in figures.routes}
