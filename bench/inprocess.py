@@ -94,6 +94,8 @@ def child(requests: int, cprofile: str | None) -> None:
             one()
         profile.disable()
         pstats.Stats(profile, stream=sys.stdout).sort_stats(cprofile).print_stats(40)
+        if os.environ.get("BENCH_PSTATS"):
+            profile.dump_stats(os.environ["BENCH_PSTATS"])
         return
     if os.environ.get("BENCH_INPROCESS_CALLGRIND"):
         for _ in range(requests):

@@ -104,6 +104,57 @@ def test_the_workers_of_an_instance_share_one_series_of_samples(tmp_path):
     assert len(status.samples(str(tmp_path), now=2000.0, take=restarted)) == 1  # counters went back: start again
 
 
+def _wide(now: float, routes: int = 100) -> dict:
+    """A sample of an instance with many routes (about 20 KB as a line)."""
+    row = {"n": now, "4xx": 1.0, "429": 0.0, "5xx": 2.0, "own5xx": 0.0, "b": [now] * len(status.BUCKETS)}
+    return {"t": now, "routes": {f"route-{i}": dict(row) for i in range(routes)}, "policies": {}}
+
+
+def _bytes_read() -> int:
+    return int(dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())["rchar"])
+
+
+def test_the_background_sampler_reads_only_the_last_sample_however_long_the_history(tmp_path):
+    every = status.SAMPLE_EVERY
+    count = int(status.KEEP / every)
+    for index in range(count):
+        status.samples(str(tmp_path), now=1000.0 + index * every, take=_wide, wait=False)
+    history = (tmp_path / status.SAMPLES_FILE).stat().st_size
+    assert history > 2_000_000
+
+    # Rewriting the whole history on every sample stalled a worker for 144-251 ms every SAMPLE_EVERY here.
+    taken = []
+
+    def take(now):
+        taken.append(now)
+        return _wide(now)
+
+    for now in (1000.0 + count * every - every / 2, 1000.0 + count * every):  # one too young, one due
+        before = _bytes_read()
+        status.samples(str(tmp_path), now=now, take=take, wait=False)
+        assert _bytes_read() - before < 100_000
+    assert taken == [1000.0 + count * every]
+    kept = status.samples(str(tmp_path), now=1000.0 + count * every + 1)
+    assert [s["t"] for s in kept] == [1000.0 + index * every for index in range(count + 1)]  # KEEP back from the last
+
+
+def test_the_history_on_disk_stays_within_its_window(tmp_path):
+    every = status.SAMPLE_EVERY
+    for index in range(int(3 * status.KEEP / every)):
+        status.samples(str(tmp_path), now=1000.0 + index * every, take=_wide, wait=False)
+        lines = (tmp_path / status.SAMPLES_FILE).read_bytes().splitlines()
+        assert len(lines) <= 1.5 * status.KEEP / every + 1
+
+
+def test_a_sample_cut_short_is_skipped_and_the_next_one_gets_its_own_line(tmp_path):
+    every = status.SAMPLE_EVERY
+    status.samples(str(tmp_path), now=100.0, take=_wide, wait=False)
+    with open(tmp_path / status.SAMPLES_FILE, "ab") as file:
+        file.write(b'{"t":104.0,"routes":{"route-0":{"n":')  # a worker killed while writing its line
+    status.samples(str(tmp_path), now=100.0 + 2 * every, take=_wide, wait=False)
+    assert [s["t"] for s in status.samples(str(tmp_path), now=100.0 + 2 * every)] == [100.0, 100.0 + 2 * every]
+
+
 def test_the_sparkline_is_an_svg_of_numbers():
     drawn = status.sparkline([0, 1, 2, 1])
     assert drawn.startswith("<svg") and "<polyline" in drawn and 'points="0.0,' in drawn

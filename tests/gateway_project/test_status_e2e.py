@@ -34,7 +34,7 @@ def test_the_charts_hold_the_traffic_from_before_the_page_was_opened(live, upstr
             assert requests.get(live.url("/orders/x"), timeout=5).status_code == 200
         time.sleep(0.5)
 
-    kept = json.loads((run_dir / "status-samples.json").read_text())
+    kept = [json.loads(line) for line in (run_dir / status.SAMPLES_FILE).read_text().splitlines()]
     assert len(kept) >= 2
     assert kept[-1]["routes"]["orders"]["n"] > kept[0]["routes"].get("orders", {"n": 0})["n"]
 
