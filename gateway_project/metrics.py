@@ -11,10 +11,14 @@ gateway's own endpoints under "(gateway)". Never a raw path, address or key.
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -144,6 +148,47 @@ def instance_registry() -> CollectorRegistry:
         multiprocess.MultiProcessCollector(registry)
         return registry
     return DEFAULT_REGISTRY
+
+
+def families(names: frozenset[str]) -> list:
+    """The named metric families, every worker's added up: what `instance_registry().collect()` gives for them.
+
+    The status page's sampler reads 4 of the instance's families every few seconds in a worker, between its
+    requests. Reading every series of every worker file, as `collect()` does, took 131 ms for 100 routes (4,710
+    series); this decodes only the keys of the named families. Outside gunicorn: this process's registry.
+    """
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return [family for family in DEFAULT_REGISTRY.collect() if family.name in names]
+    # A key is json.dumps([metric name, sample name, labels, help]) (prometheus_client.mmap_dict.mmap_key).
+    prefixes = tuple(json.dumps([name])[:-1] + ", " for name in names)
+    found: dict[str, Metric] = {}
+    for file in glob.glob(os.path.join(path, "*.db")):
+        kind = os.path.basename(file).split("_", 1)[0]
+        if kind not in ("counter", "histogram"):
+            continue  # the families read here are counters and histograms
+        try:
+            values = MmapedDict.read_all_values_from_file(file)
+        except FileNotFoundError:
+            continue
+        for key, value, _timestamp, _position in values:
+            if not key.startswith(prefixes):
+                continue
+            parsed = _keys.get(key)
+            if parsed is None:
+                if len(_keys) >= 100_000:  # series come and go with the configuration: keep this bounded
+                    _keys.clear()
+                metric_name, name, labels, help_text = json.loads(key)
+                parsed = _keys[key] = (metric_name, name, tuple(sorted(labels.items())), help_text)
+            metric = found.get(parsed[0])
+            if metric is None:
+                metric = found[parsed[0]] = Metric(parsed[0], parsed[3], kind)
+            metric.add_sample(parsed[1], parsed[2], value)
+    return list(multiprocess.MultiProcessCollector._accumulate_metrics(found, True))
+
+
+#: A worker file's key -> its parts, decoded once: the keys of a series never change.
+_keys: dict[str, tuple] = {}
 
 
 def render() -> bytes:
