@@ -43,6 +43,19 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per cell")
     parser.add_argument("--conns", type=int, nargs="+", default=[64], help="wrk connections per cell")
     parser.add_argument("--peers", action="store_true", help="also Django's hello world and django-revproxy")
+    parser.add_argument(
+        "--routes",
+        type=int,
+        default=1,
+        help="routes configured (to the same upstream); traffic goes to all of them for 5 s before the cells, so "
+        "each has its metric series, and the cells measure one",
+    )
+    parser.add_argument(
+        "--history",
+        action="store_true",
+        help="start each gateway with 10 minutes of status-page samples of every route, as after 10 minutes of "
+        "running (the status page's background sampler keeps them; written by each checkout's own code)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="gateway-compare-"))
@@ -65,6 +78,12 @@ def main() -> None:
         )
         config = json.loads(json.dumps(CONFIG))
         config["upstreams"][0]["base_url"] = f"http://127.0.0.1:{upstream_port}"
+        config["routes"] += [
+            {"name": f"r{i}", "path_prefix": f"/r{i}", "upstream": "bench"} for i in range(args.routes - 1)
+        ]
+        (work / "spread.lua").write_text(
+            f'request = function() return wrk.format("GET", "/r" .. math.random(0, {args.routes - 2}) .. "/small") end'
+        )
         (work / "gateway.json").write_text(json.dumps(config))
         targets: dict[str, tuple[str, Process]] = {}
         first_env: dict[str, str] = {}
@@ -81,12 +100,22 @@ def main() -> None:
                 "GATEWAY_WORKERS": "2",
                 "GATEWAY_LOG_LEVEL": "INFO",
                 "GATEWAY_VAR_DIR": str(work / f"var{index}"),
+                "GATEWAY_RUN_DIR": str(work / f"run{index}"),
                 "DJANGO_SETTINGS_MODULE": "gateway_project.settings",
             }
+            (work / f"run{index}").mkdir()
             first_env = first_env or env
             for command in (["migrate", "--noinput", "-v", "0"], ["gateway_import", str(work / "gateway.json")]):
                 subprocess.run(
                     [sys.executable, "manage.py", *command],
+                    cwd=checkout,
+                    env={**os.environ, **env},
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
+            if args.history:
+                subprocess.run(
+                    [sys.executable, "-c", HISTORY, str(args.routes)],
                     cwd=checkout,
                     env={**os.environ, **env},
                     check=True,
@@ -140,6 +169,13 @@ def main() -> None:
                 tail = process.log_path.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{name}: {exc}; the end of its log:\n{tail}") from None
             wrk(url, 8, 2)  # warm-up: pools, caches, scripts
+            if args.routes > 1 and url.endswith("/gw/small"):  # a gateway
+                base = url.rsplit("/gw/", 1)[0]
+                subprocess.run(
+                    ["wrk", "-t2", "-c8", "-d5s", "-s", str(work / "spread.lua"), f"{base}/"],
+                    check=True,
+                    capture_output=True,
+                )
 
         results: dict[tuple[int, str], list[dict]] = {}
         for run in range(args.runs):
@@ -160,6 +196,23 @@ def main() -> None:
         for process in reversed(processes):
             process.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+#: Run in a checkout before its gateway starts: 10 minutes of samples of `argv[1]` routes (all at zero, so that
+#: the gateway's first real sample, never smaller, keeps them), written by that checkout's own status module.
+HISTORY = """
+import os, sys, time
+import django
+django.setup()
+from gateway_project import status
+routes, now = int(sys.argv[1]), time.time()
+row = {"n": 0.0, "4xx": 0.0, "429": 0.0, "5xx": 0.0, "own5xx": 0.0, "b": [0.0] * len(status.BUCKETS)}
+names = ["bench"] + [f"r{i}" for i in range(routes - 1)]
+def take(now):
+    return {"t": now, "routes": {name: dict(row) for name in names}, "policies": {}}
+for index in range(int(status.KEEP / status.SAMPLE_EVERY)):
+    status.samples(os.environ["GATEWAY_RUN_DIR"], now=now - status.KEEP + index * status.SAMPLE_EVERY, take=take)
+"""
 
 
 def _line(result: dict) -> str:
