@@ -322,8 +322,13 @@ def compile_route(route, upstream: CompiledUpstream) -> CompiledRoute:
 
 def load_route_table() -> RouteTable:
     """Read every enabled route and its upstream from the database and compile them."""
-    from proxy.models import Route, Upstream
+    from proxy.models import Route, Target, Upstream
 
-    upstreams = {u.id: compile_upstream(u, u.targets.all()) for u in Upstream.objects.prefetch_related("targets")}
+    # Every target in one query, grouped here: prefetch_related("targets") built a queryset per upstream, half of
+    # what a load cost with 1,000 upstreams (every worker loads a changed configuration at once, between requests).
+    targets: dict[int, list] = {}
+    for target in Target.objects.order_by("upstream_id", "address"):
+        targets.setdefault(target.upstream_id, []).append(target)
+    upstreams = {u.id: compile_upstream(u, targets.get(u.id, [])) for u in Upstream.objects.all()}
     routes = [compile_route(r, upstreams[r.upstream_id]) for r in Route.objects.filter(enabled=True)]
     return RouteTable(routes)

@@ -325,3 +325,28 @@ def test_compile_upstream_policy():
     assert compiled.targets[0].pool_kwargs == {"cert_reqs": "CERT_NONE", "assert_hostname": False}
     assert target("https://orders.internal").targets[0].pool_kwargs is None
     assert target("http://orders.internal", tls_verify=False).targets[0].pool_kwargs is None
+
+
+@pytest.mark.django_db
+def test_each_upstream_compiles_with_its_own_enabled_targets_in_address_order(django_assert_num_queries):
+    from proxy.models import Target
+    from tests.support.config import make_route, make_upstream
+
+    first, second, bare = make_upstream("first"), make_upstream("second"), make_upstream("bare")
+    for upstream, address, enabled in (
+        (second, "10.0.0.2:80", True),
+        (first, "10.0.0.9:80", True),
+        (first, "10.0.0.1:80", True),
+        (second, "10.0.0.3:80", False),
+        (first, "10.0.0.5:80", True),
+    ):
+        Target.objects.create(upstream=upstream, address=address, enabled=enabled)
+    for upstream in (first, second, bare):
+        make_route(upstream.name, f"/{upstream.name}", upstream)
+
+    with django_assert_num_queries(3):  # targets, upstreams, routes: none per upstream
+        table = routing.load_route_table()
+    compiled = {route.name: route.upstream for route in table.routes}
+    assert [t.address for t in compiled["first"].balancer.targets] == ["10.0.0.1:80", "10.0.0.5:80", "10.0.0.9:80"]
+    assert [t.address for t in compiled["second"].balancer.targets] == ["10.0.0.2:80"]
+    assert [t.address for t in compiled["bare"].balancer.targets] == ["127.0.0.1:9"]  # its base URL's host and port
