@@ -12,6 +12,8 @@ also takes a token from the upstream's retry budget (proxy.budget); once it is s
 
 from __future__ import annotations
 
+import errno
+import http.client
 import re
 import threading
 import time
@@ -20,7 +22,13 @@ from dataclasses import dataclass
 
 import urllib3
 from django.conf import settings
-from urllib3.connection import HTTPConnection, HTTPSConnection, _get_default_user_agent, _ResponseOptions
+from urllib3.connection import (
+    _CONTAINS_CONTROL_CHAR_RE,
+    HTTPConnection,
+    HTTPSConnection,
+    _get_default_user_agent,
+    _ResponseOptions,
+)
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -33,13 +41,14 @@ from urllib3.exceptions import (
 )
 from urllib3.response import BaseHTTPResponse
 from urllib3.util import SKIP_HEADER, SKIPPABLE_HEADERS, Retry
+from urllib3.util.url import _encode_target
 
 from gateway_project import metrics
 from gateway_project.context import AttemptObserver
 from gateway_project.http import send_all, still_open
 from proxy.balancing import CompiledTarget
 from proxy.routing import CompiledUpstream
-from proxy.upstream_response import HEADER_DEADLINE, HeaderDeadline, UpstreamHTTPResponse
+from proxy.upstream_response import HEADER_DEADLINE, DirectResponse, HeaderDeadline, UpstreamHTTPResponse
 
 
 class UpstreamFailed(Exception):
@@ -104,47 +113,94 @@ _LEGAL_NAME = re.compile(r"[^: \t\n\r\f\v][^:\r\n]*").fullmatch
 _ILLEGAL_VALUE = re.compile(r"\n(?![ \t])|\r(?![ \t\n])").search
 #: Bodiless requests of these methods carry "Content-Length: 0", as urllib3 sends them.
 _METHODS_EXPECTING_BODY = frozenset({"PATCH", "POST", "PUT"})
+#: What http.client's putrequest() refuses in a request target.
+_DISALLOWED_URL_CHAR = re.compile("[\x00-\x20\x7f]").search
+#: A request body up to this size goes out in the same send(2) as the head.
+_WITH_HEAD = 64 * 1024
 #: One attempt, no retries or redirects inside urllib3 (the loop in send() retries): one object for every call.
 _ONE_ATTEMPT = Retry(False, redirect=False)
 
 
+def head_fields(method: str, headers, content_length: int | None) -> tuple[set[str], bytes] | None:
+    """The field lines urllib3's `request()` writes after the request line for `headers`, as one block, and the
+    lowercased names given; None when the request must take urllib3's own path (it names its own framing, or a
+    field that is not a str).
+
+    The fields get http.client's checks (a field name or value that it refuses raises the same ValueError) and
+    urllib3's defaults: its User-Agent unless one is given or skipped with SKIP_HEADER, and `Content-Length`
+    when `content_length` is not None."""
+    keys = {name.lower() for name in headers}
+    if "content-length" in keys or "transfer-encoding" in keys:
+        return None
+    lines = []
+    if content_length is not None:
+        lines.append(f"Content-Length: {content_length}")
+    if "user-agent" not in keys:
+        lines.append(f"User-Agent: {_get_default_user_agent()}")
+    for name, value in headers.items():
+        if isinstance(value, int):
+            value = str(value)
+        elif not isinstance(value, str) or not isinstance(name, str):
+            return None
+        if value == SKIP_HEADER:
+            if name.lower() not in SKIPPABLE_HEADERS:
+                raise ValueError(f"urllib3.util.SKIP_HEADER only supports {sorted(SKIPPABLE_HEADERS)}")
+            continue
+        if not (name.isascii() and _LEGAL_NAME(name)):
+            raise ValueError(f"Invalid header name {name!r}")
+        if _ILLEGAL_VALUE(value):
+            raise ValueError(f"Invalid header value {value!r}")
+        lines.append(f"{name}: {value}")
+    return keys, "\r\n".join(lines).encode("latin-1")
+
+
+def direct_head(method: str, url: str, headers, body: bytes | None) -> bytes | None:
+    """The bytes urllib3 sends before `body` for this request on a pooled connection (`urlopen()`: the target
+    encoded as it encodes it, the request line checked by urllib3's and http.client's `putrequest()`); None
+    when the request must take urllib3's own path (no Host field, a target that is not a path, or as
+    `head_fields` says)."""
+    if not url.startswith("/"):
+        return None
+    if body is not None:
+        found = head_fields(method, headers, len(body))
+    else:
+        found = head_fields(method, headers, 0 if method.upper() in _METHODS_EXPECTING_BODY else None)
+    if found is None or "host" not in found[0]:
+        return None
+    keys, block = found
+    match = _CONTAINS_CONTROL_CHAR_RE.search(method)
+    if match:
+        raise ValueError(f"Method cannot contain non-token characters {method!r} (found at least {match.group()!r})")
+    target = _encode_target(url)
+    match = _DISALLOWED_URL_CHAR(target)
+    if match:
+        raise http.client.InvalidURL(
+            f"URL can't contain control characters. {target!r} (found at least {match.group()!r})"
+        )
+    parts = [f"{method} {target} HTTP/1.1".encode("ascii")]
+    if "accept-encoding" not in keys:
+        parts.append(b"Accept-Encoding: identity")
+    if block:
+        parts.append(block)
+    parts += (b"", b"")
+    return b"\r\n".join(parts)
+
+
 class OnePassRequestHead:
-    """urllib3's `request()` for a request without a body, its head built in one pass.
+    """urllib3's `request()` for a request without a body, its head built in one pass (`head_fields`).
 
     urllib3 and http.client add each header with two calls that each check and encode it; for the dozen fields
-    of a proxied request that was about 4 % of a worker's time. Here the fields get the same checks (a field
-    name or value that http.client refuses raises the same ValueError), the same default User-Agent and
-    Accept-Encoding unless they are given or skipped with SKIP_HEADER, and the same Content-Length: 0 for a
-    bodiless POST, PUT or PATCH; the bytes are those urllib3 sends. A request with a body, or that
-    names its own framing, takes urllib3's path.
+    of a proxied request that was about 4 % of a worker's time. The bytes are those urllib3 sends. A request
+    with a body, or that names its own framing, takes urllib3's path.
     """
 
     def request(self, method, url, body=None, headers=None, *, chunked=False, **options):
         if body is not None or chunked or headers is None:
             return super().request(method, url, body, headers, chunked=chunked, **options)
-        keys = {name.lower() for name in headers}
-        if "content-length" in keys or "transfer-encoding" in keys:
+        found = head_fields(method, headers, 0 if method.upper() in _METHODS_EXPECTING_BODY else None)
+        if found is None:
             return super().request(method, url, body, headers, chunked=chunked, **options)
-        lines = []
-        if method.upper() in _METHODS_EXPECTING_BODY:
-            lines.append("Content-Length: 0")
-        if "user-agent" not in keys:
-            lines.append(f"User-Agent: {_get_default_user_agent()}")
-        for name, value in headers.items():
-            if isinstance(value, int):
-                value = str(value)
-            elif not isinstance(value, str) or not isinstance(name, str):
-                return super().request(method, url, body, headers, chunked=chunked, **options)
-            if value == SKIP_HEADER:
-                if name.lower() not in SKIPPABLE_HEADERS:
-                    raise ValueError(f"urllib3.util.SKIP_HEADER only supports {sorted(SKIPPABLE_HEADERS)}")
-                continue
-            if not (name.isascii() and _LEGAL_NAME(name)):
-                raise ValueError(f"Invalid header name {name!r}")
-            if _ILLEGAL_VALUE(value):
-                raise ValueError(f"Invalid header value {value!r}")
-            lines.append(f"{name}: {value}")
-        block = "\r\n".join(lines).encode("latin-1")
+        keys, block = found
         if self.sock is not None:
             self.sock.settimeout(self.timeout)
         self._response_options = _ResponseOptions(
@@ -304,6 +360,9 @@ def send(
     HEADER_DEADLINE.set(header_deadline)
     if not replayable and body is not None:
         body = header_deadline.excluding_client(body)
+    # A body in memory (or none) on plain HTTP is sent and its answer read without urllib3's request and
+    # response objects (_direct); a streamed body, and TLS, take urlopen().
+    direct = upstream.scheme == "http" and not chunked and (body is None or type(body) is bytes)
     reasons: list[str] = []
     tried: tuple[CompiledTarget, ...] = ()
     target: CompiledTarget | None = None
@@ -323,24 +382,36 @@ def send(
         target.state.outstanding += 1
         attempt_started = clock()
         try:
-            response = pool.urlopen(
-                method,
-                url,
-                body=body,
-                headers=headers,
-                retries=_ONE_ATTEMPT,
-                redirect=False,
-                assert_same_host=False,
-                timeout=upstream.timeout
-                if remaining >= upstream.connect_timeout and remaining >= upstream.read_timeout
-                else urllib3.Timeout(
-                    connect=min(upstream.connect_timeout, remaining), read=min(upstream.read_timeout, remaining)
-                ),
-                preload_content=False,
-                decode_content=False,
-                release_conn=False,
-                chunked=chunked,
-            )
+            message = direct_head(method, url, headers, body) if direct else None
+            if message is not None:
+                response = _direct(
+                    pool,
+                    method,
+                    url,
+                    message,
+                    body,
+                    min(upstream.connect_timeout, remaining),
+                    min(upstream.read_timeout, remaining),
+                )
+            else:
+                response = pool.urlopen(
+                    method,
+                    url,
+                    body=body,
+                    headers=headers,
+                    retries=_ONE_ATTEMPT,
+                    redirect=False,
+                    assert_same_host=False,
+                    timeout=upstream.timeout
+                    if remaining >= upstream.connect_timeout and remaining >= upstream.read_timeout
+                    else urllib3.Timeout(
+                        connect=min(upstream.connect_timeout, remaining), read=min(upstream.read_timeout, remaining)
+                    ),
+                    preload_content=False,
+                    decode_content=False,
+                    release_conn=False,
+                    chunked=chunked,
+                )
         except ClientBodyError:
             target.state.outstanding -= 1
             raise
@@ -393,6 +464,58 @@ def send(
             continue
         exchange.upstream_seconds = clock() - started
         return exchange
+
+
+def _direct(
+    pool: KeepAliveHTTPConnectionPool,
+    method: str,
+    url: str,
+    message: bytes,
+    body: bytes | None,
+    connect_timeout: float,
+    read_timeout: float,
+) -> DirectResponse:
+    """One attempt as `pool.urlopen(...)` makes it with one Retry-less attempt, release_conn=False and
+    preload_content=False: a connection from the pool (connected if new), the request written, the answer's head
+    read, and the same errors (a connection error as urllib3 raises it, a read timeout as ReadTimeoutError, any
+    other failure as ProtocolError("Connection aborted.")), the connection closed after any of them. The answer
+    is a DirectResponse; releasing it gives the connection back."""
+    pool.num_requests += 1
+    conn = pool._get_conn()
+    try:
+        conn.timeout = connect_timeout
+        if conn.sock is None:
+            conn.connect()
+        sock = conn.sock
+        sock.settimeout(connect_timeout)
+        try:
+            if body and len(body) > _WITH_HEAD:
+                send_all(sock, message)
+                send_all(sock, body)
+            else:
+                send_all(sock, message + body if body else message)
+        except BrokenPipeError:
+            pass  # the upstream may have answered already: read it (urllib3 does the same)
+        except OSError as error:
+            if error.errno != errno.EPROTOTYPE and error.errno != errno.ECONNRESET:
+                raise
+        if read_timeout == 0:
+            raise ReadTimeoutError(pool, url, f"Read timed out. (read timeout={read_timeout})")
+        conn.timeout = read_timeout
+        sock.settimeout(read_timeout)
+        try:
+            return DirectResponse(pool, conn, method)
+        except OSError as error:
+            pool._raise_timeout(err=error, url=url, timeout_value=read_timeout)
+            raise
+    except (OSError, http.client.HTTPException) as error:
+        conn.close()
+        pool._put_conn(None)
+        raise ProtocolError("Connection aborted.", error) from error
+    except BaseException:
+        conn.close()
+        pool._put_conn(None)
+        raise
 
 
 def attempted(upstream: CompiledUpstream, target: CompiledTarget, outcome, *, failed: bool, now: float) -> None:

@@ -51,24 +51,35 @@ class UpstreamStreamingResponse(_UpstreamHeaders, StreamingHttpResponse):
 
 
 class UpstreamBody:
-    """Iterates the upstream body without decoding it; returns or closes the connection when done."""
+    """Iterates the upstream body without decoding it; returns or closes the connection when done.
 
-    __slots__ = ("complete", "on_close", "response", "sent")
+    The first piece is read by the view (`start`), so that an answer that breaks before any of its body is a 502
+    like any other, not a server error after the fact: nothing has gone to the client until then anyway (the
+    worker sends the header block with the first body bytes)."""
+
+    __slots__ = ("complete", "first", "on_close", "response", "sent")
 
     def __init__(self, response, on_close) -> None:
         self.response = response
         self.on_close = on_close
         self.complete = False
+        self.first = b""
         self.sent = 0
 
+    def start(self) -> None:
+        self.first = self.response.read1(CHUNK, decode_content=False)
+        if not self.first:
+            self.complete = True
+
     def __iter__(self):
+        if self.complete:
+            return
+        chunk, self.first = self.first, b""
         read1 = self.response.read1
-        while True:
-            chunk = read1(CHUNK, decode_content=False)
-            if not chunk:
-                break
+        while chunk:
             self.sent += len(chunk)
             yield chunk
+            chunk = read1(CHUNK, decode_content=False)
         self.complete = True
 
     def close(self) -> None:
@@ -415,30 +426,32 @@ def _relay(request: HttpRequest, ctx, upstream_response, on_close) -> HttpRespon
     status = upstream_response.status
     lines = headers.client_response_headers(upstream_response.headers)
     length = upstream_response.length_remaining
-    if request.method == "HEAD" or status in _NO_BODY_STATUSES or (length is not None and length <= SMALL_RESPONSE):
-        try:
-            content = (
-                b""
-                if request.method == "HEAD" or status in _NO_BODY_STATUSES
-                else upstream_response.read(decode_content=False)
-            )
-        except (HTTPError, OSError):
-            upstream_response.close()
-            upstream_response.release_conn()
-            on_close()
-            logger.warning("upstream response broke off", exc_info=True)
-            return json_error(
-                request,
-                502,
-                "upstream_unavailable",
-                "The upstream broke off its response.",
-                upstream=ctx.route.upstream.name,
-            )
+    whole = request.method == "HEAD" or status in _NO_BODY_STATUSES or (length is not None and length <= SMALL_RESPONSE)
+    body = None if whole else UpstreamBody(upstream_response, on_close)
+    try:
+        if body is not None:
+            body.start()
+        elif request.method == "HEAD" or status in _NO_BODY_STATUSES:
+            content = b""
+        else:
+            content = upstream_response.read(decode_content=False)
+    except (HTTPError, OSError):
+        upstream_response.close()
+        upstream_response.release_conn()
+        on_close()
+        logger.warning("upstream response broke off", exc_info=True)
+        return json_error(
+            request,
+            502,
+            "upstream_unavailable",
+            "The upstream broke off its response.",
+            upstream=ctx.route.upstream.name,
+        )
+    if body is None:
         upstream_response.release_conn()
         on_close()
         response: HttpResponseBase = UpstreamResponse(content, status=status, reason=upstream_response.reason)
     else:
-        body = UpstreamBody(upstream_response, on_close)
         response = UpstreamStreamingResponse(body, status=status, reason=upstream_response.reason)
         ctx.body = body
     del response.headers["Content-Type"]

@@ -6,7 +6,10 @@ millisecond without the test waiting for them.
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from urllib3 import HTTPResponse
 from urllib3.exceptions import ConnectTimeoutError
 from urllib3.util import Retry
 
@@ -15,6 +18,7 @@ from proxy import balancing, budget, forwarding
 from proxy.forwarding import UpstreamFailed
 from proxy.models import Target, Upstream
 from proxy.routing import compile_upstream
+from proxy.upstream_response import DirectResponse
 from tests.support.servers import free_port
 from tests.support.upstream import Upstream as RecordingUpstream
 
@@ -330,3 +334,43 @@ def test_an_attempt_gets_the_pool_connection_from_host_would_give_even_after_the
     assert again is not pool
     assert again is manager.connection_from_host(chosen.host, chosen.port, up.scheme, pool_kwargs=chosen.pool_kwargs)
     assert send(up).response.status == 200
+
+
+# Which path an attempt takes
+
+
+@pytest.mark.parametrize(("method", "body"), [("GET", None), ("POST", b'{"a": 1}'), ("PUT", b"")])
+def test_a_body_in_memory_on_plain_http_is_read_straight_from_the_pooled_connection(upstream, method, body):
+    up = target(upstream.url)
+    for _ in range(3):
+        exchange = send(up, method, body=body)
+        assert isinstance(exchange.response, DirectResponse)
+        assert exchange.response.status == 200
+        assert json.loads(exchange.response.read())["method"] == method
+        exchange.response.release_conn()
+        exchange.finish()
+    received = upstream.received[-3:]
+    assert [r.body_bytes for r in received] == [len(body or b"")] * 3
+    assert len(upstream.connections_seen) == 1  # each connection went back to the pool, and was reused
+
+
+def test_a_streamed_body_takes_urllib3s_path(upstream):
+    up = target(upstream.url)
+    exchange = send(
+        up, "PUT", body=iter([b"pay", b"load"]), replayable=False, headers={"Host": "upstream", "Content-Length": "7"}
+    )
+    assert isinstance(exchange.response, HTTPResponse)
+    assert exchange.response.status == 200
+    done(exchange)
+    assert upstream.received[-1].body_bytes == 7
+
+
+def test_an_answer_not_read_to_its_end_never_goes_back_to_the_pool_open(upstream):
+    up = target(upstream.url)
+    exchange = send(up, path="/bytes/200000")
+    assert exchange.response.status == 200
+    assert 0 < len(exchange.response.read1(1000)) <= 1000
+    exchange.response.release_conn()
+    exchange.finish()
+    assert json.loads(send(up, path="/again").response.read())["path"] == "/again"
+    assert len(upstream.connections_seen) == 2

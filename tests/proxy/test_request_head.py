@@ -8,8 +8,9 @@ import socket
 import pytest
 from urllib3.connection import HTTPConnection
 from urllib3.util import SKIP_HEADER
+from urllib3.util.url import _encode_target
 
-from proxy.forwarding import KeepAliveHTTPConnection
+from proxy.forwarding import KeepAliveHTTPConnection, direct_head
 
 
 class Recorder:
@@ -169,3 +170,68 @@ def test_a_request_with_a_body_or_its_own_framing_takes_urllib3s_path(body, kwar
             recorder.close()
 
     assert sent(KeepAliveHTTPConnection) == sent(HTTPConnection)
+
+
+def urlopen_sends(method: str, url: str, headers, body: bytes | None) -> bytes:
+    """What urllib3's urlopen() writes for this request: its target encoded, then urllib3's request()."""
+    recorder = Recorder()
+    try:
+        connection = HTTPConnection("upstream.internal", 8080)
+        recorder.wire(connection)
+        connection.request(method, _encode_target(url), body=body, headers=dict(headers))
+        recorder.theirs.settimeout(1)
+        data = b""
+        while b"\r\n\r\n" not in data or not data.endswith(body or b"\r\n\r\n"):
+            data += recorder.theirs.recv(65536)
+        return data
+    finally:
+        recorder.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "headers", "body"),
+    [
+        ("GET", "/v1/items?q=1", PROXIED, None),
+        ("HEAD", "/", PROXIED, None),
+        ("DELETE", "/v1/items/7", {**PROXIED, "X-Count": 3}, None),
+        ("POST", "/v1/items", PROXIED, None),
+        ("POST", "/v1/items", {**PROXIED, "Content-Type": "application/json"}, b'{"a": 1}'),
+        ("PUT", "/v1/items/7", PROXIED, b""),
+        ("PATCH", "/v1/items/7", PROXIED, b"x" * 100_000),
+        ("GET", "/v1/items", {"Host": "h"}, None),  # urllib3's User-Agent and Accept-Encoding
+        ("GET", "/a b/caf\xe9?q=<x> y#frag", PROXIED, None),  # what urllib3 percent-encodes in the target
+        ("GET", "/v1/items", {**PROXIED, "X-Folded": "one\r\n two", "X-Latin": "caf\xe9"}, None),
+    ],
+)
+def test_the_direct_head_is_byte_for_byte_what_urlopen_sends(method, url, headers, body):
+    message = direct_head(method, url, dict(headers), body)
+    assert message + (body or b"") == urlopen_sends(method, url, headers, body)
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "headers"),
+    [
+        ("GET", "/", {"Accept": "*/*"}),  # no Host: http.client works it out
+        ("GET", "http://elsewhere/", PROXIED),  # not a path
+        ("POST", "/", {**PROXIED, "Content-Length": "5"}),  # its own framing
+        ("POST", "/", {**PROXIED, "Transfer-Encoding": "chunked"}),
+    ],
+)
+def test_a_request_the_direct_head_does_not_cover_takes_urllib3s_path(method, url, headers):
+    assert direct_head(method, url, dict(headers), None) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "refusal"),
+    [
+        ("GE T", PROXIED, "Method cannot contain non-token characters"),
+        ("GET\r\nX: y", PROXIED, "Method cannot contain non-token characters"),
+        ("GET", {**PROXIED, "X-Bad:Name": "1"}, "Invalid header name"),
+        ("GET", {**PROXIED, "X-Smuggle": "1\r\nInjected: yes"}, "Invalid header value"),
+    ],
+)
+def test_the_direct_head_refuses_what_urllib3_refuses(method, headers, refusal):
+    with pytest.raises(ValueError, match=refusal):
+        urlopen_sends(method, "/", headers, None)
+    with pytest.raises(ValueError, match=refusal):
+        direct_head(method, "/", dict(headers), None)

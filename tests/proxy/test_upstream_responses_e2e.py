@@ -259,3 +259,68 @@ def test_the_gateways_own_headers_replace_the_upstreams_copies(live, raw_route):
     assert 'desc="Orders, read"' in timing
     assert answer.all("Retry-After") == ["7"], "the gateway sets no Retry-After on a relayed answer"
     assert answer.header("X-Kept") == "yes"
+
+
+def test_bytes_after_the_end_of_an_answer_never_reach_the_next_client_and_its_connection_is_dropped(live, raw_route):
+    """An upstream out of step sends a second answer nobody asked for right behind the first. http.client's
+    buffered reader dropped those bytes silently and the connection went back to the pool; now the connection is
+    closed, so the stray answer can never be taken for the next request's."""
+    stray = response(200, b"stray answer", [("Content-Type", "text/plain")])
+    upstream = raw_route(serve_each(Scripted([response(200, b"first") + stray], then=echo)))
+    with RawClient(live.port, timeout=5) as client:  # one client connection: one worker, one pool
+        client.send(b"GET /raw/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        first = client.read_response()
+        assert (first.status, first.body, first.complete) == (200, b"first", True)
+        client.send(b"GET /raw/second HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert client.read_response().body == b"/raw/second"
+    first_request, second_request = upstream.requests
+    assert second_request.connection != first_request.connection
+
+
+@pytest.mark.parametrize(
+    ("body", "first_chunk_breaks"),
+    [
+        (b"0x5\r\nhello\r\n0\r\n\r\n", True),  # http.client read this as int("0x5", 16)
+        (b"-5\r\nhello\r\n0\r\n\r\n", True),
+        (b"5_0\r\nhello\r\n0\r\n\r\n", True),
+        (b" 5\r\nhello\r\n0\r\n\r\n", True),
+        (b"zz\r\n\r\n", True),  # http.client raised a ValueError here: a 500
+        (b"5\r\nhelloXY0\r\n\r\n", False),  # no CRLF after the chunk's data: http.client skipped any two bytes
+        (b"5\r\nhello\r\nzz\r\n\r\n", False),
+    ],
+    ids=["hex-prefix", "negative", "underscore", "leading-blank", "first-not-hex", "no-crlf-after-data", "not-hex"],
+)
+def test_a_chunked_body_with_a_malformed_chunk_is_never_passed_off_as_complete(
+    live, raw_route, body, first_chunk_breaks
+):
+    upstream = raw_route(
+        serve_each(Scripted([response(200, body, [("Transfer-Encoding", "chunked")], length=False)], then=echo))
+    )
+    with RawClient(live.port, timeout=5) as client:
+        client.send(b"GET /raw/bad HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = client.read_response()
+        if first_chunk_breaks:
+            # Nothing went to the client before the first piece of the body: a 502 like any broken answer.
+            assert (answer.status, answer.complete) == (502, True)
+            assert b'"upstream_unavailable"' in answer.body
+        else:
+            # The head went out with the first piece: the body must end short and the connection with it.
+            assert answer.status == 200
+            assert not answer.complete
+            assert client.eof
+    assert requests.get(live.url("/raw/next"), timeout=10).text == "/raw/next"
+    assert upstream.requests[1].connection != upstream.requests[0].connection
+
+
+def test_a_chunked_body_with_extensions_and_trailers_is_relayed_and_keeps_its_connection(live, raw_route):
+    body = b"5;name=value\r\nhello\r\n6 ; x\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    upstream = raw_route(
+        serve_each(Scripted([response(200, body, [("Transfer-Encoding", "chunked")], length=False)], then=echo))
+    )
+    with RawClient(live.port, timeout=5) as client:
+        client.send(b"GET /raw/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        first = client.read_response()
+        assert (first.status, first.body, first.complete) == (200, b"hello world", True)
+        client.send(b"GET /raw/second HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert client.read_response().body == b"/raw/second"
+    assert {r.connection for r in upstream.requests} == {1}
