@@ -766,7 +766,10 @@ GROUPS = (
         "gateway: pipeline, rate limit, breaker, proxy view",
         (" (proxy/", " (limits/", " (breakers/", " (gateway_project/"),
     ),
-    ("  of which urllib3 + http.client: the upstream call", (" (urllib3/", "http/client.py", " (email/")),
+    (
+        "  of which the upstream call: urllib3, http.client and the direct path",
+        (" (urllib3/", "http/client.py", " (email/", "_direct (proxy/forwarding.py", " (proxy/upstream_response.py"),
+    ),
     (
         "  of which the rate-limit call: the worker's Redis pipe and its script",
         (" (redis/", " (gateway_project/redis_pipe.py", " (gateway_project/store.py"),

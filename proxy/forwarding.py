@@ -41,6 +41,7 @@ from urllib3.exceptions import (
 )
 from urllib3.response import BaseHTTPResponse
 from urllib3.util import SKIP_HEADER, SKIPPABLE_HEADERS, Retry
+from urllib3.util.request import _METHODS_NOT_EXPECTING_BODY
 from urllib3.util.url import _encode_target
 
 from gateway_project import metrics
@@ -111,14 +112,18 @@ class Exchange:
 #: line break; a value with a line break that is no folding.
 _LEGAL_NAME = re.compile(r"[^: \t\n\r\f\v][^:\r\n]*").fullmatch
 _ILLEGAL_VALUE = re.compile(r"\n(?![ \t])|\r(?![ \t\n])").search
-#: Bodiless requests of these methods carry "Content-Length: 0", as urllib3 sends them.
-_METHODS_EXPECTING_BODY = frozenset({"PATCH", "POST", "PUT"})
 #: What http.client's putrequest() refuses in a request target.
 _DISALLOWED_URL_CHAR = re.compile("[\x00-\x20\x7f]").search
 #: A request body up to this size goes out in the same send(2) as the head.
 _WITH_HEAD = 64 * 1024
 #: One attempt, no retries or redirects inside urllib3 (the loop in send() retries): one object for every call.
 _ONE_ATTEMPT = Retry(False, redirect=False)
+
+
+def _bodiless_length(method: str) -> int | None:
+    """The Content-Length urllib3 gives a request without a body: 0 unless its method expects none (GET, HEAD,
+    DELETE, ...; urllib3.util.request.body_to_chunks)."""
+    return None if method.upper() in _METHODS_NOT_EXPECTING_BODY else 0
 
 
 def head_fields(method: str, headers, content_length: int | None) -> tuple[set[str], bytes] | None:
@@ -164,7 +169,7 @@ def direct_head(method: str, url: str, headers, body: bytes | None) -> bytes | N
     if body is not None:
         found = head_fields(method, headers, len(body))
     else:
-        found = head_fields(method, headers, 0 if method.upper() in _METHODS_EXPECTING_BODY else None)
+        found = head_fields(method, headers, _bodiless_length(method))
     if found is None or "host" not in found[0]:
         return None
     keys, block = found
@@ -197,7 +202,7 @@ class OnePassRequestHead:
     def request(self, method, url, body=None, headers=None, *, chunked=False, **options):
         if body is not None or chunked or headers is None:
             return super().request(method, url, body, headers, chunked=chunked, **options)
-        found = head_fields(method, headers, 0 if method.upper() in _METHODS_EXPECTING_BODY else None)
+        found = head_fields(method, headers, _bodiless_length(method))
         if found is None:
             return super().request(method, url, body, headers, chunked=chunked, **options)
         keys, block = found
@@ -379,10 +384,11 @@ def send(
         target = balancer.pick(now, tried)
         tried += (target,)
         pool = _pool(manager, upstream.scheme, target)
+        # Before the attempt counts: a field http.client refuses raises ValueError here, and nothing was sent.
+        message = direct_head(method, url, headers, body) if direct else None
         target.state.outstanding += 1
         attempt_started = clock()
         try:
-            message = direct_head(method, url, headers, body) if direct else None
             if message is not None:
                 response = _direct(
                     pool,

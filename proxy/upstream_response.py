@@ -342,7 +342,9 @@ class UpstreamHTTPResponse(http.client.HTTPResponse):
 
 _RECV = 65536
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?\r?\n")
+#: A chunk-size line (RFC 9112 §7.1): hex digits (leading zeros allowed), optional extensions, CRLF or a bare LF.
+_CHUNK_SIZE = re.compile(rb"0*([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?\r?\n")
+_LINE_ENDS = (b"\r\n", b"\n")
 
 
 def header_dict(fields: list[tuple[str, str]]) -> HTTPHeaderDict:
@@ -423,7 +425,9 @@ class DirectResponse:
         self.will_close = framing.will_close
         self.length_remaining = framing.length
         self._chunk_left = None
-        self._done = framing.length == 0
+        self._done = False
+        if framing.length == 0:
+            self._finish()  # bytes already read past a head with no body: out of step, never pooled
 
     def _read_head(self, budget: HeaderDeadline | None, read_timeout: float | None) -> bytes:
         """One response head through its blank line (what follows stays buffered); b"" if the connection closed
@@ -518,7 +522,7 @@ class DirectResponse:
 
     def _read_chunked(self, amt: int) -> bytes:
         if not self._chunk_left:
-            if self._chunk_left == 0 and self._line("chunk end") != b"\r\n":  # the end of a chunk's data
+            if self._chunk_left == 0 and self._line("chunk end") not in _LINE_ENDS:  # the end of a chunk's data
                 raise UpstreamFramingError("a chunk's data did not end with CRLF")
             line = self._line("chunk size")
             size = _CHUNK_SIZE.fullmatch(line)
@@ -528,10 +532,14 @@ class DirectResponse:
                 raise UpstreamFramingError(f"invalid chunk size line {line[:40]!r}")
             self._chunk_left = int(size.group(1), 16)
             if not self._chunk_left:
+                trailers = 0
                 while True:  # the trailer section, discarded as http.client does, through its blank line
                     line = self._line("trailer line")
-                    if line in (b"\r\n", b"\n"):
+                    if line in _LINE_ENDS:
                         break
+                    trailers += len(line)
+                    if trailers > MAX_HEAD_BYTES:
+                        raise http.client.LineTooLong(f"trailer section longer than {MAX_HEAD_BYTES} bytes")
                     if not line.endswith(b"\n"):
                         # http.client accepts a close here (some servers skip the last CRLF): not reusable.
                         self.will_close = True

@@ -14,7 +14,7 @@ import time
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
-from urllib3.exceptions import HTTPError
+from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from gateway_project import metrics
 from gateway_project.responses import json_error
@@ -435,11 +435,19 @@ def _relay(request: HttpRequest, ctx, upstream_response, on_close) -> HttpRespon
             content = b""
         else:
             content = upstream_response.read(decode_content=False)
-    except (HTTPError, OSError):
+    except (HTTPError, OSError) as error:
         upstream_response.close()
         upstream_response.release_conn()
         on_close()
         logger.warning("upstream response broke off", exc_info=True)
+        if isinstance(error, ReadTimeoutError):
+            return json_error(
+                request,
+                504,
+                "upstream_timeout",
+                "The upstream did not send its response body in time.",
+                upstream=ctx.route.upstream.name,
+            )
         return json_error(
             request,
             502,

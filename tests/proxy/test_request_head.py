@@ -88,6 +88,10 @@ PROXIED = {
         # A bodiless POST, PUT or PATCH says Content-Length: 0, as urllib3 says it.
         ("POST", PROXIED),
         ("PATCH", PROXIED),
+        # So does any method urllib3 does not know to expect no body.
+        ("PROPFIND", PROXIED),
+        ("PURGE", PROXIED),
+        ("OPTIONS", PROXIED),
         # Without Host, User-Agent or Accept-Encoding, urllib3's and http.client's own.
         ("GET", {"Accept": "*/*"}),
         ("get", {"accept-encoding": "gzip", "host": "h", "user-agent": "ua"}),
@@ -195,6 +199,9 @@ def urlopen_sends(method: str, url: str, headers, body: bytes | None) -> bytes:
         ("HEAD", "/", PROXIED, None),
         ("DELETE", "/v1/items/7", {**PROXIED, "X-Count": 3}, None),
         ("POST", "/v1/items", PROXIED, None),
+        ("PROPFIND", "/v1/items", PROXIED, None),
+        ("MKCOL", "/v1/items", PROXIED, None),
+        ("TRACE", "/v1/items", PROXIED, None),
         ("POST", "/v1/items", {**PROXIED, "Content-Type": "application/json"}, b'{"a": 1}'),
         ("PUT", "/v1/items/7", PROXIED, b""),
         ("PATCH", "/v1/items/7", PROXIED, b"x" * 100_000),

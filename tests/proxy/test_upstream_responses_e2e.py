@@ -324,3 +324,45 @@ def test_a_chunked_body_with_extensions_and_trailers_is_relayed_and_keeps_its_co
         client.send(b"GET /raw/second HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert client.read_response().body == b"/raw/second"
     assert {r.connection for r in upstream.requests} == {1}
+
+
+@pytest.mark.parametrize(("method", "status"), [("HEAD", 200), ("GET", 204), ("GET", 304)], ids=["head", "204", "304"])
+def test_bytes_after_an_answer_without_a_body_never_reach_the_next_client(live, raw_route, method, status):
+    stray = response(200, b"stray answer", [("Content-Type", "text/plain")])
+    upstream = raw_route(serve_each(Scripted([response(status, length=False) + stray], then=echo)))
+    with RawClient(live.port, timeout=5) as client:
+        client.send(f"{method} /raw/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        first = client.read_response(method)
+        assert (first.status, first.body) == (status, b"")
+        client.send(b"GET /raw/second HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert client.read_response().body == b"/raw/second"
+    first_request, second_request = upstream.requests
+    assert second_request.connection != first_request.connection
+
+
+def test_chunk_sizes_with_leading_zeros_and_bare_lf_line_ends_are_relayed_and_keep_the_connection(live, raw_route):
+    body = b"0000000000000000005\r\nhello\n6\n world\r\n0\n\n"
+    upstream = raw_route(
+        serve_each(Scripted([response(200, body, [("Transfer-Encoding", "chunked")], length=False)], then=echo))
+    )
+    with RawClient(live.port, timeout=5) as client:
+        client.send(b"GET /raw/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        first = client.read_response()
+        assert (first.status, first.body, first.complete) == (200, b"hello world", True)
+        client.send(b"GET /raw/second HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert client.read_response().body == b"/raw/second"
+    assert {r.connection for r in upstream.requests} == {1}
+
+
+@pytest.mark.parametrize("length", [1_000, 1_000_000], ids=["read-whole", "streamed"])
+def test_a_body_that_does_not_come_in_time_is_a_504_and_its_connection_is_dropped(live, raw_route, length):
+    def head_then_silence(conn) -> None:
+        if conn.read_request() is not None:
+            conn.send(f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n".encode())
+            conn.server.stopping.wait(10)
+
+    upstream = raw_route(head_then_silence, read_timeout=0.5)
+    answer = requests.get(live.url("/raw/slow"), timeout=10)
+    assert answer.status_code == 504
+    assert answer.json()["error"] == "upstream_timeout"
+    assert len(upstream.requests) == 1
