@@ -282,12 +282,7 @@ class UpstreamHTTPResponse(http.client.HTTPResponse):
 
         self.code = self.status = status
         self.reason = reason.strip()
-        if version in ("HTTP/1.0", "HTTP/0.9"):
-            self.version = 10
-        elif version.startswith("HTTP/1."):
-            self.version = 11
-        else:
-            raise http.client.UnknownProtocol(version)
+        self.version = http_version(version)
         self.headers = self.msg = headers
         self._frame(status)
 

@@ -426,12 +426,13 @@ def _relay(request: HttpRequest, ctx, upstream_response, on_close) -> HttpRespon
     status = upstream_response.status
     lines = headers.client_response_headers(upstream_response.headers)
     length = upstream_response.length_remaining
-    whole = request.method == "HEAD" or status in _NO_BODY_STATUSES or (length is not None and length <= SMALL_RESPONSE)
+    no_body = request.method == "HEAD" or status in _NO_BODY_STATUSES
+    whole = no_body or (length is not None and length <= SMALL_RESPONSE)
     body = None if whole else UpstreamBody(upstream_response, on_close)
     try:
         if body is not None:
             body.start()
-        elif request.method == "HEAD" or status in _NO_BODY_STATUSES:
+        elif no_body:
             content = b""
         else:
             content = upstream_response.read(decode_content=False)

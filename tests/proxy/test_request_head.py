@@ -207,6 +207,7 @@ def urlopen_sends(method: str, url: str, headers, body: bytes | None) -> bytes:
         ("PATCH", "/v1/items/7", PROXIED, b"x" * 100_000),
         ("GET", "/v1/items", {"Host": "h"}, None),  # urllib3's User-Agent and Accept-Encoding
         ("GET", "/a b/caf\xe9?q=<x> y#frag", PROXIED, None),  # what urllib3 percent-encodes in the target
+        ("GET", "/a\x01\x7fb?\x00", PROXIED, None),  # control characters too: http.client's check never refuses
         ("GET", "/v1/items", {**PROXIED, "X-Folded": "one\r\n two", "X-Latin": "caf\xe9"}, None),
     ],
 )
