@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 
@@ -82,3 +83,103 @@ def test_log_lines_carry_the_request_id_in_both_formats(fmt, is_json, capfd):
         assert "request_id=ctx-1" in access_line
         with pytest.raises(json.JSONDecodeError):
             json.loads(stdlib_line)
+
+
+class _Odd:
+    def __repr__(self) -> str:
+        return "<odd>"
+
+
+class _Own:
+    def __structlog__(self) -> str:
+        return "own form"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {
+            "method": "GET",
+            "path": "/gw/small",
+            "status": 200,
+            "duration_ms": 1.234,
+            "route": "r",
+            "upstream": "u",
+            "client_ip": "127.0.0.1",
+            "bytes_in": 0,
+            "bytes_out": 100,
+            "retries": 0,
+            "upstream_ms": 0.5,
+        },
+        {
+            "route": None,
+            "path": '/caf\u00e9/\u2603\n"q"',
+            "ratelimit": {"p": [1, 2.5, None]},
+            "odd": _Odd(),
+            "own": _Own(),
+            "nan": float("nan"),
+        },
+        {"request_id": "a field of the same name wins", "level": "overridden", "time": "overridden"},
+    ],
+)
+def test_the_json_access_line_is_the_one_structlog_renders(fields, monkeypatch):
+    """The access logger builds its line itself (for speed): it must stay the line structlog's pipeline, the one
+    it replaced, renders from the same call, key order and all."""
+    from gateway_project import logging as gateway_logging
+
+    lines: list[str] = []
+
+    class Capture:
+        def msg(self, message: str) -> None:
+            lines.append(message)
+
+        info = msg
+
+    def name(_logger, _method, event_dict):
+        event_dict["logger"] = "gateway.access"
+        return event_dict
+
+    reference = structlog.wrap_logger(
+        Capture(),
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
+    ours = gateway_logging.JsonAccessLogger(Capture(), enabled=True)
+    moment = datetime.datetime(2026, 11, 30, 23, 1, 2, 345678, tzinfo=datetime.UTC)
+
+    class FrozenDatetime(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return moment
+
+    monkeypatch.setattr("datetime.datetime", FrozenDatetime)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id="ctx-7", other="bound")
+    try:
+        reference.info("request", **fields)
+        ours.info("request", **fields)
+    finally:
+        structlog.contextvars.clear_contextvars()
+    assert lines[0] == lines[1]
+    assert '"time": "2026-11-30T23:01:02.345678Z"' in lines[1]
+
+
+def test_the_json_access_logger_writes_nothing_above_info():
+    from gateway_project import logging as gateway_logging
+
+    lines: list[str] = []
+
+    class Capture:
+        def msg(self, message: str) -> None:
+            lines.append(message)
+
+    gateway_logging.JsonAccessLogger(Capture(), enabled=False).info("request", status=200)
+    assert lines == []
+    assert not gateway_logging._build_access_logger("json", "WARNING").enabled
+    assert gateway_logging._build_access_logger("json", "INFO").enabled
