@@ -20,6 +20,29 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 
+
+def keep_process_id_in_memory() -> None:
+    """Called by the settings, before any metric value exists: prometheus_client's multiprocess values then take
+    the process ID from memory, renewed in every forked child, instead of asking the kernel (getpid(2)) on every
+    increment to notice a fork. A proxied request makes eight increments.
+
+    Values made by two value classes in one process would each lay out the same file, so nothing changes when
+    this process has made a value already (its file in the directory is named after its ID).
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory or glob.glob(os.path.join(directory, f"*_{os.getpid()}.db")):
+        return
+    from prometheus_client import values
+
+    pid = [os.getpid()]
+
+    def renew() -> None:
+        pid[0] = os.getpid()
+
+    os.register_at_fork(after_in_child=renew)
+    values.ValueClass = values.MultiProcessValue(lambda: pid[0])
+
+
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

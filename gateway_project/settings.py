@@ -11,10 +11,11 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from gateway_project import conf, redis_url
+from gateway_project import conf, metrics, redis_url
 from gateway_project.logging import build_logging_config
 
 _env = conf.read()
+metrics.keep_process_id_in_memory()
 # Every GATEWAY_* setting under its own name (settings.GATEWAY_REDIS_PREFIX, ...): conf.py declares them all.
 globals().update({name: value for name, value in _env.items() if name.startswith("GATEWAY_")})
 
