@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from breakers.policy import DEFAULT, BreakerSettings, Mode
+from gateway_project import runtime
 from gateway_project.validation import parse_statuses
 
 
@@ -36,4 +37,5 @@ class BreakerBook:
 def load() -> BreakerBook:
     from breakers.models import BreakerConfig
 
-    return BreakerBook({config.upstream_id: settings_from(config) for config in BreakerConfig.objects.all()})
+    configs = runtime.in_turns(BreakerConfig.objects.all())
+    return BreakerBook({config.upstream_id: settings_from(config) for config in configs})

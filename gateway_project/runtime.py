@@ -18,14 +18,14 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 from redis.exceptions import RedisError
@@ -37,6 +37,14 @@ logger = logging.getLogger(__name__)
 
 #: The revision's key in Redis outlives any outage worth waiting for; the database check covers the rest.
 REVISION_TTL = 24 * 3600
+#: The longest a load compiles before it gives the worker's requests a turn (see in_turns), and how long that
+#: turn is at least.
+TURN_AFTER = 0.005
+TURN_SECONDS = 0.001
+#: Rows of a query made into model objects at a time, in a load (see in_turns).
+TURN_ROWS = 100
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,33 @@ def register(name: str, load: Callable[[], Any], *, empty: Any, models: tuple = 
         uid = f"gateway-config-{model._meta.label}"
         post_save.connect(_changed, sender=model, dispatch_uid=uid + "-save")
         post_delete.connect(_changed, sender=model, dispatch_uid=uid + "-delete")
+
+
+def in_turns(items: Iterable[T]) -> Iterator[T]:
+    """`items`, with a turn for the worker's requests whenever TURN_AFTER has passed since the last one.
+
+    Every worker compiles a changed configuration at once, on the event loop its requests run on (the watcher is
+    a greenlet): with 1,000 routes and upstreams that held every request of the worker for about 100 ms, on
+    every change. Loaders compile their rows through this, so requests go on between pieces of a few
+    milliseconds; they are served from the current snapshot until the new one is whole (load() checks that the
+    revision did not move meanwhile). A small configuration compiles in one piece, with no turn at all.
+    """
+    if isinstance(items, QuerySet):
+        # Rows made into objects a chunk at a time as they are used, not all at the first one.
+        items = items.iterator(chunk_size=TURN_ROWS)
+    since = time.monotonic()
+    for item in items:
+        yield item
+        now = time.monotonic()
+        if now - since >= TURN_AFTER:
+            _turn()
+            since = time.monotonic()
+
+
+def _turn() -> None:
+    """Let the worker's loop serve what is ready, then go on: a gevent sleep lets the loop poll its sockets and run
+    its timers (a sleep of 0 would come back before that); elsewhere a short plain sleep."""
+    time.sleep(TURN_SECONDS)
 
 
 def current() -> Snapshot:

@@ -59,6 +59,9 @@ elif _database["ENGINE"] == "django.db.backends.postgresql":
         "options": f"-c statement_timeout={int(_db_timeout * 1000)}",
     }.items():
         _database["OPTIONS"].setdefault(_name, _value)
+    # A configuration load reads its rows with QuerySet.iterator() (runtime.in_turns) to build them a chunk at a
+    # time. Client-side cursors keep that one query, as before, and work behind PgBouncer's transaction pooling.
+    _database["DISABLE_SERVER_SIDE_CURSORS"] = True
 # django-prometheus's wrappers count queries, errors and their time (the admin's and the config loads'; a
 # proxied request makes none).
 _database["ENGINE"] = _database["ENGINE"].replace("django.db.backends.", "django_prometheus.db.backends.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from gateway_project import store
+from gateway_project import runtime, store
 from gateway_project.http import environ_key
 
 
@@ -111,13 +111,15 @@ def load() -> LimitsConfig:
 
     keys = {
         key.key_hash: ConsumerInfo(key.consumer_id, key.consumer.name)
-        for key in ApiKey.objects.filter(revoked_at__isnull=True, consumer__enabled=True).select_related("consumer")
+        for key in runtime.in_turns(
+            ApiKey.objects.filter(revoked_at__isnull=True, consumer__enabled=True).select_related("consumer")
+        )
     }
     global_policies: list[CompiledPolicy] = []
     by_route: dict[int, list[CompiledPolicy]] = {}
     by_consumer: dict[int, list[CompiledPolicy]] = {}
     policies = RateLimitPolicy.objects.filter(enabled=True).exclude(consumer__enabled=False).order_by("id")
-    for policy in policies:
+    for policy in runtime.in_turns(policies):
         compiled = compile_policy(policy)
         if policy.scope == "route":
             by_route.setdefault(policy.route_id, []).append(compiled)

@@ -37,3 +37,83 @@ def test_a_snapshot_loaded_while_nothing_changes_names_the_current_revision(tran
     runtime.bump()
     snapshot = runtime.load()
     assert (snapshot.revision, snapshot.token) == runtime.db_state()
+
+
+def test_every_loader_compiles_its_rows_in_turns(transactional_db, monkeypatch):
+    """Each part's rows go through runtime.in_turns, so a large configuration never holds the worker's requests
+    for the whole compile (with no time between turns: one turn after every row)."""
+    from breakers.models import BreakerConfig
+    from limits.models import RateLimitPolicy
+    from tests.support.config import make_route, make_upstream
+
+    for index in range(3):
+        upstream = make_upstream(f"u{index}", f"http://127.0.0.1:{9000 + index}", breaker_consecutive_failures=5)
+        make_route(f"r{index}", f"/r{index}", upstream)
+        RateLimitPolicy.objects.create(name=f"p{index}", limit=10, window_seconds=60)
+    assert BreakerConfig.objects.count() == 3
+    turns = []
+    monkeypatch.setattr(runtime, "TURN_AFTER", 0.0)
+    monkeypatch.setattr(runtime, "_turn", lambda: turns.append(1))
+    snapshot = runtime.load()
+    assert len(snapshot["routes"].routes) == 3
+    # 3 upstreams, 3 routes, 3 breaker settings, 3 policies: a turn after each.
+    assert len(turns) >= 12
+
+
+TURNS = """
+from gevent import monkey
+
+monkey.patch_all()
+import time
+
+import django
+import gevent
+
+django.setup()
+from gateway_project import runtime
+
+ticks = []
+
+
+def ticker():
+    while True:
+        gevent.sleep(0.001)
+        ticks.append(1)
+
+
+def busy(items):
+    for item in items:
+        end = time.perf_counter() + 0.001
+        while time.perf_counter() < end:
+            pass  # 1 ms of compiling, with no switch of its own
+        yield item
+
+
+gevent.spawn(ticker)
+gevent.sleep(0.01)
+ticks.clear()
+list(busy(range(60)))
+print("without", len(ticks))
+ticks.clear()
+list(runtime.in_turns(busy(range(60))))
+print("with", len(ticks))
+"""
+
+
+def test_in_a_gevent_worker_requests_run_between_the_turns():
+    """60 ms of compiling on a gevent loop: another greenlet (a request's) gets to run every few ms in turns, and
+    not at all without them."""
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", TURNS],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    counts = dict(line.split() for line in out.stdout.splitlines())
+    assert int(counts["without"]) == 0
+    assert int(counts["with"]) >= 6  # a turn every 5 ms of 60
