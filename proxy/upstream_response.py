@@ -224,13 +224,16 @@ class Framing:
 
 
 def _will_close(version: int, fields: list[tuple[str, str]]) -> bool:
-    """http.client's `HTTPResponse._check_close`: whether the upstream will close the connection after this."""
-    connection = _first(fields, "connection")
+    """Whether the upstream will close the connection after this answer: http.client's
+    `HTTPResponse._check_close`, over every Connection field instead of the first only. A `close` in any of them
+    closes, in HTTP/1.0 too: an upstream saying both must not have its connection reused while it closes it.
+    """
+    connection = ", ".join(value for name, value in fields if name.lower() == "connection").lower()
+    if "close" in connection:
+        return True
     if version == 11:
-        return bool(connection and "close" in connection.lower())
-    if _first(fields, "keep-alive"):
         return False
-    if connection and "keep-alive" in connection.lower():
+    if _first(fields, "keep-alive") or "keep-alive" in connection:
         return False
     proxy_connection = _first(fields, "proxy-connection")
     return not (proxy_connection and "keep-alive" in proxy_connection.lower())

@@ -65,6 +65,27 @@ def answer():
         # The upstream says it will close, or the body runs until it does.
         (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello", "GET", b"hello", False),
         (b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello", "GET", b"hello", False),
+        # Every Connection field counts, not the first only (http.client read the first).
+        (
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+            "GET",
+            b"hi",
+            False,
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+            "GET",
+            b"hi",
+            False,
+        ),
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 2\r\n\r\nhi", "GET", b"hi", False),
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi", "GET", b"hi", True),
+        (
+            b"HTTP/1.1 200 OK\r\nConnection: x-trace\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi",
+            "GET",
+            b"hi",
+            True,
+        ),
     ],
 )
 def test_a_connection_goes_back_open_only_after_a_complete_answer_with_nothing_after_it(
