@@ -436,8 +436,8 @@ class DirectResponse:
             if ends:
                 end = min(ends)
                 end += 3 if buffer[end : end + 3] == b"\n\r\n" else 2
-                self._buffer = buffer[end:]
-                return buffer[:end]
+                self._buffer = bytes(buffer[end:])
+                return bytes(buffer[:end])
             if len(buffer) > MAX_HEAD_BYTES:
                 raise http.client.LineTooLong(f"response head longer than {MAX_HEAD_BYTES} bytes")
             scanned = max(0, len(buffer) - 2)
@@ -451,7 +451,14 @@ class DirectResponse:
                 if buffer:
                     raise IncompleteHead("the upstream closed its connection in the middle of a response head")
                 return b""
-            buffer += data
+            if not buffer:
+                buffer = data
+            else:
+                if type(buffer) is bytes:
+                    # A head in several pieces grows in place: appending to bytes copies all of it every time,
+                    # quadratic in a head an upstream drips in small pieces.
+                    buffer = bytearray(buffer)
+                buffer += data
 
     # The body, as urllib3's HTTPResponse gives it with decode_content=False.
 

@@ -115,3 +115,16 @@ def test_a_trailer_section_is_bounded(answer, monkeypatch):
     with pytest.raises(ProtocolError, match="trailer section longer than 1000 bytes"):
         response.read1(100)
     assert conn.closed
+
+
+def test_a_head_in_many_small_pieces_is_read_whole(answer, monkeypatch):
+    """A head that arrives a few bytes at a time (an upstream dripping it) grows one buffer in place."""
+    monkeypatch.setattr(upstream_response, "_RECV", 7)
+    fields = b"".join(b"X-F%d: %s\r\n" % (i, b"v" * 200) for i in range(90))
+    response, pool, conn = answer(b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 5\r\n\r\nhello")
+    assert response.status == 200
+    assert response.headers["X-F89"] == "v" * 200
+    assert response.read() == b"hello"
+    response.release_conn()
+    assert pool.returned == [conn]
+    assert not conn.closed
