@@ -192,6 +192,10 @@ class Framing:
             if codings != ["chunked"]:
                 raise UpstreamFramingError(f"unsupported Transfer-Encoding {', '.join(encodings)!r}")
             self.chunked = True
+            if version == 10:
+                # Chunked in HTTP/1.0, which has no chunked coding: the framing is faulty, and the connection
+                # is closed after the answer (RFC 9112 §6.1).
+                self.will_close = True
             if lengths is not None:
                 # Transfer-Encoding overrides Content-Length; an intermediary removes the length before
                 # forwarding. Such an answer may be an attempt at smuggling: its connection is not reused.

@@ -80,6 +80,13 @@ def answer():
         ),
         (b"HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 2\r\n\r\nhi", "GET", b"hi", False),
         (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi", "GET", b"hi", True),
+        # Chunked in HTTP/1.0: faulty framing, never reused (RFC 9112 §6.1).
+        (
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            "GET",
+            b"hi",
+            False,
+        ),
         (
             b"HTTP/1.1 200 OK\r\nConnection: x-trace\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi",
             "GET",
