@@ -26,22 +26,29 @@ def keep_process_id_in_memory() -> None:
     the process ID from memory, renewed in every forked child, instead of asking the kernel (getpid(2)) on every
     increment to notice a fork. A proxied request makes eight increments.
 
-    Values made by two value classes in one process would each lay out the same file, so nothing changes when
-    this process has made a value already (its file in the directory is named after its ID).
+    Values made by two value classes in one process would each lay out the same file. So this must run before
+    the process, or the process it was forked from, has made any metric value: in a gunicorn master (which
+    makes none) or a process of its own. As a guard it changes nothing when this process has a value file
+    already (its name ends in the process ID); values inherited through a fork have none yet, and are the
+    caller's to rule out. It takes effect once per process tree.
     """
+    global _process_id
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not directory or glob.glob(os.path.join(directory, f"*_{os.getpid()}.db")):
+    if _process_id or not directory or glob.glob(os.path.join(directory, f"*_{os.getpid()}.db")):
         return
     from prometheus_client import values
 
-    pid = [os.getpid()]
+    _process_id = [os.getpid()]
 
     def renew() -> None:
-        pid[0] = os.getpid()
+        _process_id[0] = os.getpid()
 
     os.register_at_fork(after_in_child=renew)
-    values.ValueClass = values.MultiProcessValue(lambda: pid[0])
+    values.ValueClass = values.MultiProcessValue(lambda: _process_id[0])
 
+
+#: The process ID the metric values read (keep_process_id_in_memory), or None.
+_process_id: list[int] | None = None
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

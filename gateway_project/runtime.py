@@ -41,6 +41,10 @@ REVISION_TTL = 24 * 3600
 #: turn is at least.
 TURN_AFTER = 0.005
 TURN_SECONDS = 0.001
+#: At most this share of GATEWAY_DB_TIMEOUT goes to turns in one load. The watcher gives up on a poll, load
+#: included, after twice that; a worker saturated with requests makes every turn long, and without a bound its
+#: load of a large configuration could never finish. Past it the load compiles the rest in one piece.
+TURN_BUDGET = 0.5
 #: Rows of a query made into model objects at a time, in a load (see in_turns).
 TURN_ROWS = 100
 
@@ -88,8 +92,10 @@ def in_turns(items: Iterable[T]) -> Iterator[T]:
     a greenlet): with 1,000 routes and upstreams that held every request of the worker for about 100 ms, on
     every change. Loaders compile their rows through this, so requests go on between pieces of a few
     milliseconds; they are served from the current snapshot until the new one is whole (load() checks that the
-    revision did not move meanwhile). A small configuration compiles in one piece, with no turn at all.
+    revision did not move meanwhile). A small configuration compiles in one piece, with no turn at all, and a
+    load takes turns for at most TURN_BUDGET * GATEWAY_DB_TIMEOUT in all.
     """
+    global _turns_left
     if isinstance(items, QuerySet):
         # Rows made into objects a chunk at a time as they are used, not all at the first one.
         items = items.iterator(chunk_size=TURN_ROWS)
@@ -97,9 +103,14 @@ def in_turns(items: Iterable[T]) -> Iterator[T]:
     for item in items:
         yield item
         now = time.monotonic()
-        if now - since >= TURN_AFTER:
+        if now - since >= TURN_AFTER and _turns_left > 0:
             _turn()
             since = time.monotonic()
+            _turns_left -= since - now
+
+
+#: Seconds of turns the current load may still take (set by load()).
+_turns_left = 0.0
 
 
 def _turn() -> None:
@@ -195,8 +206,9 @@ def lock() -> None:
 
 def load() -> Snapshot:
     """Compile every part from the database and serve it from now on."""
-    global _current
+    global _current, _turns_left
     with _lock:
+        _turns_left = TURN_BUDGET * settings.GATEWAY_DB_TIMEOUT
         for _ in range(3):
             revision, token = db_state()
             parts = {name: loader.load() for name, loader in _loaders.items()}

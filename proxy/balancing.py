@@ -93,7 +93,7 @@ class OutlierPolicy:
 class Balancer:
     """Picks a target for each attempt and hears how each attempt went."""
 
-    __slots__ = ("_current", "algorithm", "policy", "random", "targets")
+    __slots__ = ("_current", "algorithm", "checked", "policy", "random", "targets")
 
     def __init__(
         self,
@@ -102,9 +102,13 @@ class Balancer:
         algorithm: str = ROUND_ROBIN,
         policy: OutlierPolicy | None = None,
         rng: random.Random | None = None,
+        checked: bool = True,
     ) -> None:
         self.targets = targets
         self.algorithm = algorithm
+        # Whether the upstream has active health checks: without them a target's `active_healthy` is not
+        # consulted, whatever a verdict of an earlier configuration left in its (longer-lived) state.
+        self.checked = checked
         self.policy = policy or OutlierPolicy()
         self.random = rng or random.Random()  # noqa: S311 - spreading load, not security
         self._current = [0] * len(targets)  # smooth round robin's current weights
@@ -115,7 +119,10 @@ class Balancer:
         targets = self.targets
         if len(targets) == 1:
             return targets[0]
-        healthy = [i for i, t in enumerate(targets) if t.state.active_healthy and not t.state.ejected(now)]
+        if self.checked:
+            healthy = [i for i, t in enumerate(targets) if t.state.active_healthy and not t.state.ejected(now)]
+        else:
+            healthy = [i for i, t in enumerate(targets) if not t.state.ejected(now)]
         candidates = [i for i in healthy if targets[i] not in tried] if tried else healthy
         if not candidates:
             candidates = healthy or list(range(len(targets)))

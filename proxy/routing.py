@@ -233,6 +233,7 @@ def compile_upstream(upstream, targets=()) -> CompiledUpstream:
             target.state.active_healthy = True
     balancer = Balancer(
         compiled_targets,
+        checked=check is not None,
         algorithm=upstream.balancing,
         policy=OutlierPolicy(
             consecutive=upstream.eject_consecutive_failures,
@@ -332,5 +333,11 @@ def load_route_table() -> RouteTable:
     for target in runtime.in_turns(Target.objects.order_by("upstream_id", "address")):
         targets.setdefault(target.upstream_id, []).append(target)
     upstreams = {u.id: compile_upstream(u, targets.get(u.id, [])) for u in runtime.in_turns(Upstream.objects.all())}
-    routes = [compile_route(r, upstreams[r.upstream_id]) for r in runtime.in_turns(Route.objects.filter(enabled=True))]
+    routes = [
+        compile_route(r, upstreams[r.upstream_id])
+        for r in runtime.in_turns(Route.objects.filter(enabled=True))
+        # An upstream committed with its route after the upstreams were read: the revision moved, so
+        # runtime.load() reads everything again.
+        if r.upstream_id in upstreams
+    ]
     return RouteTable(routes)

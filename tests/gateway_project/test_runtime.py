@@ -60,6 +60,49 @@ def test_every_loader_compiles_its_rows_in_turns(transactional_db, monkeypatch):
     assert len(turns) >= 12
 
 
+def test_a_load_takes_turns_for_a_bounded_time(transactional_db, monkeypatch, settings):
+    """A worker saturated with requests makes every turn long: a load stops taking them once it has spent
+    TURN_BUDGET * GATEWAY_DB_TIMEOUT in them, so the watcher's bound on a poll still leaves it time to finish."""
+    import time
+
+    from tests.support.config import make_route, make_upstream
+
+    for index in range(6):
+        make_route(f"r{index}", f"/r{index}", make_upstream(f"u{index}", f"http://127.0.0.1:{9000 + index}"))
+    settings.GATEWAY_DB_TIMEOUT = 0.04  # 20 ms of turns
+    turns = []
+
+    def long_turn() -> None:
+        turns.append(1)
+        time.sleep(0.01)
+
+    monkeypatch.setattr(runtime, "TURN_AFTER", 0.0)
+    monkeypatch.setattr(runtime, "_turn", long_turn)
+    snapshot = runtime.load()
+    assert len(snapshot["routes"].routes) == 6  # all compiled
+    assert 1 <= len(turns) <= 2  # of the 12 rows' turns, what 20 ms allow
+
+
+def test_a_route_committed_with_its_upstream_during_a_load_is_in_the_next_read(transactional_db, monkeypatch):
+    """Between the upstreams' query and the routes' query (a turn of the load), an upstream and a route to it are
+    committed: the route is left out of that read instead of failing the load, and the load reads again."""
+    from tests.support.config import make_route, make_upstream
+
+    make_route("old", "/old", make_upstream("old", "http://127.0.0.1:9000"))
+    runtime.load()
+    added = []
+
+    def turn() -> None:
+        if not added:
+            added.append(make_route("new", "/new", make_upstream("new", "http://127.0.0.1:9001")))
+
+    monkeypatch.setattr(runtime, "TURN_AFTER", 0.0)
+    monkeypatch.setattr(runtime, "_turn", turn)
+    snapshot = runtime.load()
+    assert sorted(route.name for route in snapshot["routes"].routes) == ["new", "old"]
+    assert (snapshot.revision, snapshot.token) == runtime.db_state()
+
+
 TURNS = """
 from gevent import monkey
 
@@ -91,6 +134,7 @@ def busy(items):
 
 gevent.spawn(ticker)
 gevent.sleep(0.01)
+runtime._turns_left = 1.0  # what a load gives itself (load() sets it)
 ticks.clear()
 list(busy(range(60)))
 print("without", len(ticks))

@@ -111,3 +111,11 @@ def test_ejection_off():
     group = targets(1, 1)
     balancer = Balancer(group, policy=OutlierPolicy(consecutive=0))
     assert not any(balancer.failed(group[0], 0.0) for _ in range(100))
+
+
+def test_without_active_checks_the_active_flag_is_not_consulted():
+    group = targets(1, 1)
+    group[1].state.active_healthy = False  # left by a verdict of a configuration that had checks
+    unchecked, checked = Balancer(group, checked=False), Balancer(group)
+    assert {unchecked.pick(0.0) for _ in range(4)} == set(group)
+    assert {checked.pick(0.0) for _ in range(4)} == {group[0]}

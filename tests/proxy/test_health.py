@@ -53,3 +53,29 @@ def test_a_worker_starts_even_when_the_verdicts_cannot_be_read(checked, tmp_path
     health.start(str(tmp_path))
     assert len(started) == 1
     assert all(t.state.active_healthy for t in checked.targets)
+
+
+def test_a_verdict_applied_while_checks_are_switched_off_does_not_keep_a_target_out(checked, monkeypatch):
+    """The health thread can apply a verdict of the old configuration (a target failing its check) while a load
+    that switches the checks off is between its turns, after the load reset the flags. With the checks off
+    nothing applies verdicts again, so the new configuration must not consult them at all."""
+    upstream = checked
+    from proxy.models import Upstream
+
+    Upstream.objects.filter(pk=upstream.id).update(health_check_path="")
+
+    def turn() -> None:
+        # During the load: the old snapshot's upstream still has its check, and the verdict says failing.
+        health.apply_active({str(upstream.id): {"127.0.0.1:9001": {"healthy": False}}}, [upstream])
+
+    from gateway_project import runtime
+
+    monkeypatch.setattr(runtime, "TURN_AFTER", 0.0)
+    monkeypatch.setattr(runtime, "_turn", turn)
+    runtime.bump()
+    runtime.load()
+    (compiled,) = health.compiled_upstreams()
+    assert compiled.check is None
+    assert {t.address: t.state.active_healthy for t in compiled.targets}["127.0.0.1:9001"] is False
+    picked = {compiled.balancer.pick(0.0).address for _ in range(8)}
+    assert picked == {"127.0.0.1:9001", "127.0.0.1:9002"}
