@@ -57,10 +57,16 @@ class GatewayHandler(WSGIHandler):
         request = self.request_class(environ)
         response = self._middleware_chain(request)
         response.close = partial(_close_proxied, response)
-        start_response(
-            f"{response.status_code} {response.reason_phrase}",
-            [*response.items(), *(("Set-Cookie", c.output(header="")) for c in response.cookies.values())],
-        )
+        try:
+            start_response(
+                f"{response.status_code} {response.reason_phrase}",
+                [*response.items(), *(("Set-Cookie", c.output(header="")) for c in response.cookies.values())],
+            )
+        except Exception:
+            # The server refused the response (the view checks what it relays, so this is a bug): free what it
+            # holds (an upstream connection, an upgrade's slot) and write its access line before the server's 500.
+            response.close()
+            raise
         return response
 
 

@@ -7,6 +7,8 @@ replaced, never forwarded, except that a trusted proxy's `X-Forwarded-*` chain i
 
 from __future__ import annotations
 
+import re
+
 from urllib3.util import SKIP_HEADER
 
 from gateway_project.client_ip import normalize
@@ -145,18 +147,48 @@ def upstream_request_headers(
     return headers
 
 
+#: What a response field may hold (RFC 9110 §5.1, §5.5), as gunicorn checks it before it writes a response: a
+#: token for the name; blanks, visible characters and obs-text for the value (and a reason phrase).
+_NOT_TOKEN = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]").search
+_NOT_FIELD_TEXT = re.compile(r"[^ \t\x21-\x7e\x80-\xff]").search
+
+
+class InvalidUpstreamHeader(ValueError):
+    """An upstream response field the gateway cannot relay (a control character, a name that is no token)."""
+
+
 def client_response_headers(upstream_headers) -> list[tuple[str, str]]:
     """The upstream's response headers as (name, value) lines, repeated ones (Set-Cookie) kept apart; never a
-    Set-Cookie for one of the gateway's own cookies."""
+    Set-Cookie for one of the gateway's own cookies.
+
+    Raises InvalidUpstreamHeader for a relayed field that is not valid HTTP: the server would refuse to write
+    it, after the upstream's answer was taken (nginx answers such a response with 502 too)."""
     drop = _DROP_RESPONSE
     connection = upstream_headers.get("Connection")
     if connection:
         drop = drop | connection_tokens(connection)
-    return [
+    lines = [
         (name, value)
         for name, value in upstream_headers.iteritems()
         if name.lower() not in drop and not (name.lower() == "set-cookie" and sets_gateway_cookie(value))
     ]
+    for name, value in lines:
+        check_field(name, value)
+    return lines
+
+
+def check_field(name: str, value: str) -> None:
+    """Raise InvalidUpstreamHeader unless `name: value` is a field the gateway can write to a client."""
+    if not name or _NOT_TOKEN(name) or _NOT_FIELD_TEXT(value):
+        raise InvalidUpstreamHeader(f"the upstream sent a header field that is not valid HTTP: {name!r}")
+
+
+def relayable_reason(reason: str | None) -> str | None:
+    """The upstream's reason phrase, or None (the status code's standard phrase) when it holds what a status line
+    may not."""
+    if not reason or _NOT_FIELD_TEXT(reason):
+        return None
+    return reason
 
 
 def merge_response_headers(own, upstream_lines: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -163,6 +163,15 @@ class UpgradedResponse(HttpResponse):
         self.leftover = leftover
         self.tunnel = tunnel
         self.slots = slots
+        self._released = False
+        # Closed without taking over (the server refused to write the 101): still free the slot and connection.
+        self._resource_closers.append(self._release)
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.conn.close()
+            self.slots.give_back()
 
     def items(self):
         return headers.merge_response_headers(self.headers, self.upstream_headers)
@@ -185,8 +194,7 @@ class UpgradedResponse(HttpResponse):
             pass
         finally:
             self.ctx.bytes_in += self.tunnel.received
-            self.conn.close()
-            self.slots.give_back()
+            self._release()
             metrics.child(metrics.upgraded_open, self.route).dec()
             metrics.child(metrics.upgraded_duration, self.route).observe(time.monotonic() - started)
             with contextlib.suppress(OSError):

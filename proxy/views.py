@@ -304,20 +304,26 @@ class ProxyView:
             return json_error(
                 request, 502, "upstream_unavailable", "The upstream switched to a protocol nobody asked for."
             )
+        try:
+            headers.check_field("Upgrade", response.headers["Upgrade"])
+            lines = headers.client_response_headers(response.headers)
+        except headers.InvalidUpstreamHeader as error:
+            conn.close()
+            self.upgrade_slots.give_back()
+            ctx.log["upstream_error"] = str(error)
+            return json_error(
+                request, 502, "upstream_unavailable", "The upstream sent a response header that is not valid HTTP."
+            )
         tunnel = upgrade.Tunnel(self.upgrade_idle)
         relayed = upgrade.UpgradedResponse(
-            reason=response.reason or "Switching Protocols",
+            reason=headers.relayable_reason(response.reason) or "Switching Protocols",
             ctx=ctx,
             conn=conn,
             leftover=upgrade.buffered(response._fp.fp, conn.sock),
             tunnel=tunnel,
             slots=self.upgrade_slots,
         )
-        relayed.upstream_headers = [
-            ("Connection", "Upgrade"),
-            ("Upgrade", response.headers["Upgrade"]),
-            *headers.client_response_headers(response.headers),
-        ]
+        relayed.upstream_headers = [("Connection", "Upgrade"), ("Upgrade", response.headers["Upgrade"]), *lines]
         ctx.body = tunnel
         return relayed
 
@@ -424,7 +430,21 @@ def _stream_chunked(ctx, stream, head: bytes, limit: int):
 def _relay(request: HttpRequest, ctx, upstream_response, on_close) -> HttpResponseBase:
     """The upstream's answer as the client's response; `on_close` runs once the upstream response is done with."""
     status = upstream_response.status
-    lines = headers.client_response_headers(upstream_response.headers)
+    try:
+        lines = headers.client_response_headers(upstream_response.headers)
+    except headers.InvalidUpstreamHeader as error:
+        upstream_response.close()
+        upstream_response.release_conn()
+        on_close()
+        ctx.log["upstream_error"] = str(error)
+        return json_error(
+            request,
+            502,
+            "upstream_unavailable",
+            "The upstream sent a response header that is not valid HTTP.",
+            upstream=ctx.route.upstream.name,
+        )
+    reason = headers.relayable_reason(upstream_response.reason)
     length = upstream_response.length_remaining
     no_body = request.method == "HEAD" or status in _NO_BODY_STATUSES
     whole = no_body or (length is not None and length <= SMALL_RESPONSE)
@@ -459,9 +479,9 @@ def _relay(request: HttpRequest, ctx, upstream_response, on_close) -> HttpRespon
     if body is None:
         upstream_response.release_conn()
         on_close()
-        response: HttpResponseBase = UpstreamResponse(content, status=status, reason=upstream_response.reason)
+        response: HttpResponseBase = UpstreamResponse(content, status=status, reason=reason)
     else:
-        response = UpstreamStreamingResponse(body, status=status, reason=upstream_response.reason)
+        response = UpstreamStreamingResponse(body, status=status, reason=reason)
         ctx.body = body
     del response.headers["Content-Type"]
     response.upstream_headers = lines

@@ -359,3 +359,31 @@ def test_a_body_that_does_not_come_in_time_is_a_504_and_its_connection_is_droppe
     assert answer.status_code == 504
     assert answer.json()["error"] == "upstream_timeout"
     assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "field",
+    [("X-Bad", "a\x01b"), ("X-Bad", "a\x0bb"), ("X-Bad", "a\x00b"), ("X(a)", "1")],
+    ids=["soh", "vt", "nul", "name-not-a-token"],
+)
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_a_header_that_is_not_valid_http_is_a_502_and_its_connection_is_dropped(live, raw_route, field, streamed):
+    """What the server would refuse to write: a JSON 502 with the request ID (it was gunicorn's HTML 500, with no
+    access line, and a streamed answer's upstream connection was never closed), the connection not reused."""
+    body = b"x" * 100_000 if streamed else b"hello"
+    framing = [("Transfer-Encoding", "chunked")] if streamed else []
+    bad = response(200, chunked(body) if streamed else body, [field, *framing], length=not streamed)
+    upstream = raw_route(serve_each(Scripted([bad], then=echo)))
+    first = requests.get(live.url("/raw/first"), timeout=10)
+    assert first.status_code == 502
+    assert first.json()["error"] == "upstream_unavailable"
+    assert first.json()["request_id"] == first.headers["X-Request-ID"]
+    second = requests.get(live.url("/raw/second"), timeout=10)
+    assert (second.status_code, second.text) == (200, "/raw/second")
+    assert upstream.requests[1].connection != upstream.requests[0].connection
+
+
+def test_a_reason_phrase_that_is_not_valid_http_becomes_the_standard_one(live, raw_route):
+    raw_route(serve_each(lambda request: b"HTTP/1.1 200 Fine\x01\x7f\r\nContent-Length: 2\r\n\r\nok"))
+    answer = requests.get(live.url("/raw/x"), timeout=10)
+    assert (answer.status_code, answer.reason, answer.text) == (200, "OK", "ok")

@@ -202,7 +202,16 @@ def test_plain_requests_on_an_upgrade_route_are_proxied_as_usual(gw, echo):
     [
         (Close(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"), 502),  # head cut off by a close
         (response(101, headers=[("Upgrade", "h2c"), ("Connection", "Upgrade")], length=False), 502),  # not asked
+        # A field the server would refuse to write (it was gunicorn's 500, and the slot stayed taken).
+        (
+            response(
+                101, headers=[("Upgrade", "websocket"), ("Connection", "Upgrade"), ("X-Bad", "a\x01b")], length=False
+            ),
+            502,
+        ),
+        (response(101, headers=[("Upgrade", "websocket\x0b"), ("Connection", "Upgrade")], length=False), 502),
     ],
+    ids=["cut-off", "not-asked", "bad-field", "bad-upgrade-value"],
 )
 def test_a_broken_handshake_answer_is_a_502_and_gives_its_slot_back(live, answer, status):
     with RawUpstream(serve_each(lambda request: answer)) as raw:
