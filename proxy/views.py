@@ -330,6 +330,16 @@ class ProxyView:
     def _request_body(self, request: HttpRequest, ctx, limit: int):
         """(body, replayable, chunked) for urllib3, or an error response for a body we will not forward."""
         environ = request.environ
+        coding = environ.get("HTTP_TRANSFER_ENCODING")
+        if coding is not None and [c.strip().lower() for c in coding.split(",") if c.strip()] != ["chunked"]:
+            # The server takes the chunked framing off and nothing else: a body in any other coding (gzip, ...)
+            # would reach the upstream as if it were plain. nginx answers 501 as well.
+            ctx.log["client_error"] = f"unsupported Transfer-Encoding {coding!r}"
+            return (
+                json_error(request, 501, "not_implemented", "Only the chunked transfer coding is supported."),
+                False,
+                False,
+            )
         length_header = environ.get("CONTENT_LENGTH")
         if length_header:
             stream = self._timed_input(environ)
