@@ -291,6 +291,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Bytes per second a request body must average once it has taken the timeout above; 0 = no minimum.",
     ),
     Setting(
+        "GATEWAY_SEND_TIMEOUT",
+        number(0.1, 86400),
+        60.0,
+        "Seconds a response write may wait for the client to take bytes before the gateway closes the connection "
+        "(nginx's send_timeout); a client that stops reading holds no worker slot or upstream connection for longer.",
+    ),
+    Setting(
         "GATEWAY_UPGRADE_IDLE_TIMEOUT",
         number(0.1, 86400),
         300.0,

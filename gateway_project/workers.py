@@ -59,6 +59,8 @@ ACCEPT_RETRY = 0.001
 ACCEPT_MAX_DEFER = 0.02
 #: The longest a keep-alive connection's next request waits for an idle moment of its worker's loop.
 TURN_MAX_WAIT = 0.05
+#: The longest one write of a response may wait for the client to take bytes (GATEWAY_SEND_TIMEOUT, set in run()).
+SEND_TIMEOUT = 60.0
 
 # [pid, open connections] per slot, shared by the master's workers: made at import in the master.
 _shared = mmap.mmap(-1, SLOTS * 2 * 4)
@@ -234,6 +236,10 @@ class GatewayWorker(GeventWorker):
         wsgi.Response = Response
         util.http_date = http_date
         self._turns = Turns(TURN_MAX_WAIT)
+        from django.conf import settings
+
+        global SEND_TIMEOUT
+        SEND_TIMEOUT = getattr(settings, "GATEWAY_SEND_TIMEOUT", SEND_TIMEOUT)
         try:
             super().run()
         finally:
@@ -270,6 +276,14 @@ class GatewayWorker(GeventWorker):
             _counts[self._slot + 1] = self._open
 
     def handle_request(self, listener_name, req, sock, addr):
-        # A connection that is to close ends here with StopIteration; one that stays open waits its turn.
-        super().handle_request(listener_name, req, sock, addr)
+        # Writes to a client that stopped reading wait at most SEND_TIMEOUT (nginx's send_timeout): gunicorn's
+        # socket has no timeout, so such a client held its worker slot, and the upstream connection its answer
+        # streams from, for as long as it kept the connection open. Reads are bounded apart (the keep-alive wait,
+        # the request body's timeouts, an upgraded tunnel's idle timeout), all shorter or set by themselves.
+        sock.settimeout(SEND_TIMEOUT)
+        try:
+            # A connection that is to close ends here with StopIteration; one that stays open waits its turn.
+            super().handle_request(listener_name, req, sock, addr)
+        finally:
+            sock.settimeout(None)
         self._turns.wait()
