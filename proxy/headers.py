@@ -7,8 +7,8 @@ replaced, never forwarded, except that a trusted proxy's `X-Forwarded-*` chain i
 
 from __future__ import annotations
 
-import re
-
+from gunicorn.http.message import TOKEN_RE
+from gunicorn.http.wsgi import HEADER_VALUE_RE
 from urllib3.util import SKIP_HEADER
 
 from gateway_project.client_ip import normalize
@@ -147,10 +147,10 @@ def upstream_request_headers(
     return headers
 
 
-#: What a response field may hold (RFC 9110 §5.1, §5.5), as gunicorn checks it before it writes a response: a
-#: token for the name; blanks, visible characters and obs-text for the value (and a reason phrase).
-_NOT_TOKEN = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]").search
-_NOT_FIELD_TEXT = re.compile(r"[^ \t\x21-\x7e\x80-\xff]").search
+#: What a response field may hold (RFC 9110 §5.1, §5.5): gunicorn's own rules, which it applies before it writes a
+#: response (a token for the name; blanks, visible characters and obs-text for the value and a reason phrase).
+_TOKEN = TOKEN_RE.fullmatch
+_FIELD_TEXT = HEADER_VALUE_RE.fullmatch
 
 
 class InvalidUpstreamHeader(ValueError):
@@ -179,14 +179,14 @@ def client_response_headers(upstream_headers) -> list[tuple[str, str]]:
 
 def check_field(name: str, value: str) -> None:
     """Raise InvalidUpstreamHeader unless `name: value` is a field the gateway can write to a client."""
-    if not name or _NOT_TOKEN(name) or _NOT_FIELD_TEXT(value):
+    if not _TOKEN(name) or not _FIELD_TEXT(value):
         raise InvalidUpstreamHeader(f"the upstream sent a header field that is not valid HTTP: {name!r}")
 
 
 def relayable_reason(reason: str | None) -> str | None:
     """The upstream's reason phrase, or None (the status code's standard phrase) when it holds what a status line
     may not."""
-    if not reason or _NOT_FIELD_TEXT(reason):
+    if not reason or not _FIELD_TEXT(reason):
         return None
     return reason
 
