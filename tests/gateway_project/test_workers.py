@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import time
+from collections import Counter
 
 import gevent
 import gevent.socket
@@ -178,6 +179,30 @@ def test_turns_let_waiting_connections_go_in_arrival_order():
     assert not turns.waiting and not turns.idle.active and not turns.timer.active
 
 
+@pytest.mark.parametrize(("batch", "expected"), [(1, [1, 1, 1, 1, 1]), (3, [3, 2])])
+def test_an_idle_moment_lets_up_to_a_batch_of_waiting_connections_go_together(batch, expected):
+    """The connections let go by one idle moment start in the same pass of the loop (so the requests of one
+    pass share its writes to Redis), in arrival order; the rest wait for the next idle moment."""
+    turns = workers.Turns(max_wait=5.0, batch=batch)
+    passes = [0]
+    prepare = gevent.get_hub().loop.prepare()  # runs once per pass of the loop, before it polls
+    prepare.start(lambda: passes.__setitem__(0, passes[0] + 1))
+    started = []
+
+    def next_request(name):
+        turns.wait()
+        started.append((name, passes[0]))
+
+    try:
+        waiting = [gevent.spawn(next_request, name) for name in "abcde"]
+        gevent.joinall(waiting, timeout=5)
+    finally:
+        prepare.stop()
+    assert [name for name, _ in started] == list("abcde")
+    together = Counter(seen for _, seen in started)  # how many started in each pass
+    assert [together[seen] for seen in sorted(together)] == expected
+
+
 def test_a_loop_that_is_never_idle_still_lets_a_waiting_connection_go():
     """A socket that is always readable keeps a watcher pending on every pass of the loop, so it is never idle:
     the wait ends after max_wait, not never."""
@@ -231,7 +256,7 @@ def test_the_worker_freezes_what_the_loaded_application_holds_before_it_serves(m
 
     frozen_when_serving = []
     monkeypatch.setattr(workers.GeventWorker, "run", lambda self: frozen_when_serving.append(gc.get_freeze_count()))
-    monkeypatch.setattr(workers, "Turns", lambda max_wait: None)
+    monkeypatch.setattr(workers, "Turns", lambda max_wait, batch: None)
     monkeypatch.setattr(workers.ggevent, "StreamServer", workers.ggevent.StreamServer)
     monkeypatch.setattr(workers.wsgi, "Response", workers.wsgi.Response)
     monkeypatch.setattr(workers.util, "http_date", workers.util.http_date)
