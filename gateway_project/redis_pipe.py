@@ -61,6 +61,9 @@ CLOCK_SAMPLES = 10
 #: Replies that mean this connection talks to the wrong server now (a Sentinel failover demoted it).
 _RECONNECT_ON = ("READONLY",)
 _TIME = ("TIME",)
+#: After a call found another in flight, or shared a write, calls wait for the rest of their loop's turn to share
+#: one write for this long (seconds). A lone caller (one request at a time) never waits: its write goes at once.
+SHARED_FOR = 1.0
 
 
 class Call:
@@ -141,6 +144,7 @@ class Pipe:
         self._flight = threading.Condition(lock)
         self._write_lock = threading.Lock()
         self._event = _event_class()
+        self._yield = _yield_function()
         self._queue: deque[Call] = deque()
         self._inflight: deque[Call] = deque()
         self._connection = None
@@ -152,6 +156,8 @@ class Pipe:
         self._sampling = False
         self._reader_busy = self._caller_reading = False  # who reads the socket now: at most one of them
         self._threads_started = False
+        self._gathered: list[Call] | None = None  # calls of this turn of the loop, written together
+        self._shared_until = 0.0
         self.closed = False
 
     # --- callers -------------------------------------------------------------------------------------------
@@ -172,8 +178,37 @@ class Pipe:
                 self._queue.append(call)
                 self._cond.notify()
                 return call
-        # Nothing waits before it: written here, without a switch to the writer.
-        if self._write([call], read_own=read_own):
+            if self._gathered is not None:
+                self._gathered.append(call)  # written with the first call of this turn of the loop
+                return call
+            if self._inflight:
+                self._shared_until = time.monotonic() + SHARED_FOR
+            gather = self._yield is not None and (bool(self._inflight) or time.monotonic() < self._shared_until)
+            if gather:
+                self._gathered = [call]
+        calls = [call]
+        if gather:
+            # The first call of this turn of the event loop: the greenlets the loop runs in this turn add theirs
+            # (a worker starts several requests in one turn: workers.Turns), then this one writes them all in
+            # one write. Redis reads them in one read and answers in one write.
+            try:
+                self._yield()
+            except BaseException:  # this caller was killed meanwhile: the writer takes the calls
+                with self._cond:
+                    calls, self._gathered = self._gathered, None
+                    self._queue.extend(calls)
+                    self._cond.notify()
+                raise
+            with self._cond:
+                calls, self._gathered = self._gathered, None
+                if len(calls) > 1:
+                    self._shared_until = time.monotonic() + SHARED_FOR
+            if self.closed:
+                for each in calls:
+                    each.fail(ConnectionError("the hot-path Redis pipe is closed"))
+                return call
+        # Nothing waits before them: written here, without a switch to the writer.
+        if self._write(calls, read_own=read_own):
             call.read_from = self
         return call
 
@@ -422,6 +457,19 @@ class Pipe:
             call.fail(error)
         if self._on_failure is not None and not self.closed and not quiet:
             self._on_failure(error)
+
+
+def _yield_function():
+    """gevent.sleep(0) in a gevent worker: run the loop's other ready greenlets, then come back."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return None
+    if monkey.is_module_patched("threading"):
+        import gevent
+
+        return lambda: gevent.sleep(0)
+    return None
 
 
 def _event_class() -> type:

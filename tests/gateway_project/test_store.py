@@ -120,3 +120,82 @@ def test_a_script_call_with_a_client_passes_no_deadline(own_redis):
     client = redis.Redis.from_url(own_redis.url)
     assert DEADLINED(["hot:ops"], [], client=client) == 1
     client.close()
+
+
+GATHERING = """
+import json
+import sys
+
+from gevent import monkey
+
+monkey.patch_all()
+import django
+import gevent
+import gevent.event
+import redis
+
+django.setup()
+from django.conf import settings
+
+settings.GATEWAY_REDIS_URL = sys.argv[1]
+from gateway_project import store
+
+SCRIPT = store.Script("return redis.call('INCR', KEYS[1])")
+SCRIPT(["hot:warm"], [])  # connects, loads the script
+pipe = store.topology().pipes["main"]
+yields = []
+real_yield = pipe._yield
+pipe._yield = lambda: (yields.append(1), real_yield())
+admin = redis.Redis.from_url(sys.argv[1])
+
+
+def reads():
+    return admin.info("stats")["total_reads_processed"]
+
+
+def burst(size):
+    go = gevent.event.Event()
+    results = []
+
+    def one():
+        go.wait()  # set once: every caller runs in the same pass of the loop
+        results.append(SCRIPT(["hot:gathered"], []))
+
+    callers = [gevent.spawn(one) for _ in range(size)]
+    gevent.sleep(0.01)
+    before = reads()
+    go.set()
+    gevent.joinall(callers, timeout=10)
+    return results, reads() - before - 1  # less the INFO command's own read
+
+
+lone = [SCRIPT(["hot:lone"], []) for _ in range(20)]  # one caller at a time, nothing else in flight
+lone_yields = len(yields)
+first, _ = burst(30)  # the first call finds nothing in flight; from the second on they gather
+second, second_reads = burst(30)
+print(json.dumps({"lone": lone, "lone_yields": lone_yields, "results": sorted(first + second), "reads": second_reads}))
+"""
+
+
+def test_in_a_gevent_worker_the_calls_of_one_turn_share_one_write(own_redis):
+    """Callers that the loop runs in one pass (requests a worker starts together) send their calls in one write,
+    which Redis reads at once, instead of one each; every caller still gets its own answer. A caller alone (one
+    request at a time) writes at once, without waiting for the rest of the pass."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", GATHERING, own_redis.url],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["lone"] == list(range(1, 21))
+    assert seen["lone_yields"] == 0
+    assert seen["results"] == list(range(1, 61))
+    assert seen["reads"] <= 3  # one write of 30 calls; 30 reads without gathering
