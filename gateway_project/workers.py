@@ -16,7 +16,7 @@ two unfairnesses, each fixed here without touching how requests are parsed:
   never idle) lets go every greenlet that has waited TURN_MAX_WAIT, so nothing starves.
   Letting them go together, not one per idle moment, lets the requests of one turn share the work a turn does
   once: their rate-limit calls go to Redis in one write (`redis_pipe`), and the loop polls its sockets once for
-  them all. At 64 connections this cut the CPU per proxied request by about a tenth (docs/benchmarks.md).
+  them all. At 64 connections this cut the CPU per proxied request by 11-20 % (docs/benchmarks.md).
 - Between workers: every worker waits on the one listening socket, and whichever wakes first accepts. A burst of
   new connections (a client or load balancer opening its pool) mostly lands on the worker that happened to be
   idle, and stays there for the connections' lifetime: one worker served 60 of 64 keep-alive connections
