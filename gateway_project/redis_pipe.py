@@ -61,6 +61,8 @@ CLOCK_SAMPLES = 10
 #: Replies that mean this connection talks to the wrong server now (a Sentinel failover demoted it).
 _RECONNECT_ON = ("READONLY",)
 _TIME = ("TIME",)
+#: The callers (thread or greenlet idents) that are to read their own reply on some pipe: they never gather.
+_readers: set[int] = set()
 #: After a call found another in flight, or shared a write, calls wait for the rest of their loop's turn to share
 #: one write for this long (seconds). A lone caller (one request at a time) never waits: its write goes at once.
 SHARED_FOR = 1.0
@@ -183,7 +185,13 @@ class Pipe:
                 return call
             if self._inflight:
                 self._shared_until = time.monotonic() + SHARED_FOR
-            gather = self._yield is not None and (bool(self._inflight) or time.monotonic() < self._shared_until)
+            # Not while this caller is to read the replies of another pipe (its own call there): its yield would
+            # leave those replies unread for the pass, and a kill during it would leave them unread for good.
+            gather = (
+                self._yield is not None
+                and (bool(self._inflight) or time.monotonic() < self._shared_until)
+                and threading.get_ident() not in _readers
+            )
             if gather:
                 self._gathered = [call]
         calls = [call]
@@ -278,6 +286,14 @@ class Pipe:
                     drop = sock is None and self._sock is not None
                 else:
                     drop = False
+                    room = max(self.window - len(self._inflight), 0)
+                    if len(calls) > room:
+                        # More were gathered in one pass than the window has room for: the writer sends the rest as
+                        # replies make room.
+                        self._queue.extendleft(reversed(calls[room:]))
+                        self._cond.notify()
+                        calls = calls[:room]
+                if sock is not None and not self.closed and calls:
                     now = time.monotonic()
                     if not self._sampling and now - self._sampled_at >= CLOCK_SAMPLE_EVERY:
                         self._sampling, self._sample_sent = True, now
@@ -286,11 +302,12 @@ class Pipe:
                     self._inflight.extend(calls)
                     if idle and read_own and not self._reader_busy:
                         self._caller_reading = own = True
+                        _readers.add(threading.get_ident())
                     elif idle:
                         self._flight.notify()  # the reader waits for calls in flight
             if drop:
                 self._drop(epoch, ConnectionError("Redis closed the idle connection"), quiet=True)
-            if sock is None or self.closed:
+            if sock is None or self.closed or not calls:
                 return False
             try:
                 send_all(sock, b"".join([encode(call.command, deadline) for call in calls]))
@@ -315,6 +332,7 @@ class Pipe:
                 if sock is None or not self._read_once(sock, reader, epoch):
                     break
         finally:
+            _readers.discard(threading.get_ident())
             with self._cond:
                 self._caller_reading = False
                 if self._inflight and self._sock is not None:

@@ -199,3 +199,88 @@ def test_in_a_gevent_worker_the_calls_of_one_turn_share_one_write(own_redis):
     assert seen["lone_yields"] == 0
     assert seen["results"] == list(range(1, 61))
     assert seen["reads"] <= 3  # one write of 30 calls; 30 reads without gathering
+
+
+GATHERING_LIMITS = """
+import json
+import sys
+
+from gevent import monkey
+
+monkey.patch_all()
+import django
+import gevent
+import gevent.event
+
+django.setup()
+from django.conf import settings
+
+settings.GATEWAY_REDIS_URL = sys.argv[1]
+from gateway_project import redis_pipe, store
+
+SCRIPT = store.Script("return redis.call('INCR', KEYS[1])")
+SCRIPT(["hot:warm"], [])
+pipe = store.topology().pipes["main"]
+pipe.window = 4
+writes = []
+real_send_all = redis_pipe.send_all
+
+
+def counting_send_all(sock, data):
+    writes.append(data.count(b"EVALSHA"))
+    return real_send_all(sock, data)
+
+
+redis_pipe.send_all = counting_send_all
+go = gevent.event.Event()
+results = []
+
+
+def one():
+    go.wait()
+    results.append(SCRIPT(["hot:window"], []))
+
+
+callers = [gevent.spawn(one) for _ in range(40)]
+gevent.sleep(0.01)
+pipe._shared_until = float("inf")  # gathering on
+go.set()
+gevent.joinall(callers, timeout=10)
+
+# A caller that is to read its own reply on one pipe does not yield on another.
+other = store.topology().pipes["main"].__class__(pipe._connect, timeout=pipe.timeout)
+yields = []
+other.submit(SCRIPT.command("EVAL", ["hot:b"], []), read_own=True).result()  # connected, the script loaded
+other._yield = lambda: yields.append(1)
+other._shared_until = float("inf")
+first = SCRIPT.submit(["hot:a"], [])  # idle pipe: this caller reads its own reply
+second = other.submit(SCRIPT.command("EVALSHA", ["hot:b"], []), read_own=True)
+print(json.dumps({
+    "results": sorted(results), "largest_write": max(writes), "yields": len(yields),
+    "replies": [first.result(), second.result()],
+}))
+"""
+
+
+def test_a_gathered_batch_keeps_to_the_window_and_a_reading_caller_does_not_gather(own_redis):
+    """More callers in one pass than the window has room for: the write takes what fits, the writer the rest as
+    replies come back. A caller that is to read its own reply on one pipe writes on another at once: a yield there
+    would leave the first pipe's replies unread (for good, if the caller were killed during it)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", GATHERING_LIMITS, own_redis.url],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["results"] == list(range(1, 41))
+    assert seen["largest_write"] <= 4
+    assert seen["yields"] == 0
+    assert seen["replies"] == [1, 2]
