@@ -64,7 +64,8 @@ _TIME = ("TIME",)
 #: The callers (thread or greenlet idents) that are to read their own reply on some pipe: they never gather.
 _readers: set[int] = set()
 #: After a call found another in flight, or shared a write, calls wait for the rest of their loop's turn to share
-#: one write for this long (seconds). A lone caller (one request at a time) never waits: its write goes at once.
+#: one write for this long (seconds). A lone caller (one request at a time, nothing else in flight for this long)
+#: writes at once.
 SHARED_FOR = 1.0
 
 
