@@ -122,7 +122,8 @@ def test_a_script_call_with_a_client_passes_no_deadline(own_redis):
     client.close()
 
 
-GATHERING = """
+# In a process of its own, patched as a gevent worker is, with the pipe of this test's Redis (argv[1]) warm.
+IN_GEVENT = """
 import json
 import sys
 
@@ -138,11 +139,14 @@ django.setup()
 from django.conf import settings
 
 settings.GATEWAY_REDIS_URL = sys.argv[1]
-from gateway_project import store
+from gateway_project import redis_pipe, store
 
 SCRIPT = store.Script("return redis.call('INCR', KEYS[1])")
 SCRIPT(["hot:warm"], [])  # connects, loads the script
 pipe = store.topology().pipes["main"]
+"""
+
+GATHERING = """
 yields = []
 real_yield = pipe._yield
 pipe._yield = lambda: (yields.append(1), real_yield())
@@ -177,24 +181,29 @@ print(json.dumps({"lone": lone, "lone_yields": lone_yields, "results": sorted(fi
 """
 
 
-def test_in_a_gevent_worker_the_calls_of_one_turn_share_one_write(own_redis):
-    """Callers that the loop runs in one pass (requests a worker starts together) send their calls in one write,
-    which Redis reads at once, instead of one each; every caller still gets its own answer. A caller alone (one
-    request at a time) writes at once, without waiting for the rest of the pass."""
+def in_gevent(script: str, redis_url: str) -> dict:
+    """Run IN_GEVENT then `script` in a process of its own; what its last line printed (JSON)."""
     import json
     import os
     import subprocess
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-c", GATHERING, own_redis.url],
+        [sys.executable, "-c", IN_GEVENT + script, redis_url],
         env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_in_a_gevent_worker_the_calls_of_one_turn_share_one_write(own_redis):
+    """Callers that the loop runs in one pass (requests a worker starts together) send their calls in one write,
+    which Redis reads at once, instead of one each; every caller still gets its own answer. A caller alone (one
+    request at a time) writes at once, without waiting for the rest of the pass."""
+    seen = in_gevent(GATHERING, own_redis.url)
     assert seen["lone"] == list(range(1, 21))
     assert seen["lone_yields"] == 0
     assert seen["results"] == list(range(1, 61))
@@ -202,25 +211,6 @@ def test_in_a_gevent_worker_the_calls_of_one_turn_share_one_write(own_redis):
 
 
 GATHERING_LIMITS = """
-import json
-import sys
-
-from gevent import monkey
-
-monkey.patch_all()
-import django
-import gevent
-import gevent.event
-
-django.setup()
-from django.conf import settings
-
-settings.GATEWAY_REDIS_URL = sys.argv[1]
-from gateway_project import redis_pipe, store
-
-SCRIPT = store.Script("return redis.call('INCR', KEYS[1])")
-SCRIPT(["hot:warm"], [])
-pipe = store.topology().pipes["main"]
 pipe.window = 4
 writes = []
 real_send_all = redis_pipe.send_all
@@ -266,20 +256,7 @@ def test_a_gathered_batch_keeps_to_the_window_and_a_reading_caller_does_not_gath
     """More callers in one pass than the window has room for: the write takes what fits, the writer the rest as
     replies come back. A caller that is to read its own reply on one pipe writes on another at once: a yield there
     would leave the first pipe's replies unread (for good, if the caller were killed during it)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-c", GATHERING_LIMITS, own_redis.url],
-        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    seen = in_gevent(GATHERING_LIMITS, own_redis.url)
     assert seen["results"] == list(range(1, 41))
     assert seen["largest_write"] <= 4
     assert seen["yields"] == 0
