@@ -127,3 +127,22 @@ def test_a_request_on_another_connection_goes_before_requests_already_waiting(on
     finally:
         for sock in (*greedy, polite):
             sock.close()
+
+
+def test_the_gateways_own_answer_on_a_proxied_path_is_framed_by_its_length(one_worker):
+    """A 404 of the gateway's own (no route) goes out with a Content-Length, not chunked, and the connection
+    carries the next request after exactly that many bytes."""
+    with socket.create_connection(("127.0.0.1", one_worker.port), timeout=10) as sock:
+        sock.sendall(b"GET /no-such-route HTTP/1.1\r\nHost: gateway.test\r\n\r\n" + REQUEST)
+        data = b""
+        while data.count(ANSWER) < 1:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "the gateway closed the connection"
+            data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 404 ")
+    fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    assert b"Transfer-Encoding" not in fields
+    length = int(fields[b"Content-Length"])
+    assert json.loads(rest[:length])["error"] == "no_route"
+    assert rest[length:].startswith(b"HTTP/1.1 200 ")

@@ -248,3 +248,34 @@ def test_an_own_path_outside_latin_1_is_answered_not_a_server_error(routed):
     assert status.startswith("4"), status
     status, _, _ = _serve("/api/" + "\u00e9".encode().decode("latin-1"))
     assert status == "200 OK"
+
+
+def test_the_gateways_own_answers_carry_their_length_and_the_upstreams_keep_theirs(routed, reload_config, upstream):
+    """The gateway's own whole answers on a proxied path (no route, rate limited) get a Content-Length, so gunicorn
+    does not frame them chunked; a relayed answer's framing is the upstream's, HEAD's included."""
+    status, headers, body = _serve("/nope")
+    assert status.startswith("404 ")
+    assert headers["Content-Length"] == str(len(body))
+
+    RateLimitPolicy.objects.create(name="tight", scope="route", route=routed, limit=1, window_seconds=60)
+    reload_config()
+    assert _serve("/api/x")[0] == "200 OK"
+    status, headers, body = _serve("/api/x")
+    assert status.startswith("429 ")
+    assert headers["Content-Length"] == str(len(body))
+
+    RateLimitPolicy.objects.all().delete()
+    reload_config()
+    status, headers, body = _serve("/api/x")
+    assert status == "200 OK"
+    assert headers["Content-Length"] == str(len(body))
+    environ = {**_environ("/api/x"), "REQUEST_METHOD": "HEAD"}
+    from gateway_project.wsgi import application
+
+    started = []
+    response = application(environ, lambda status, headers: started.append(dict(headers)))
+    try:
+        assert b"".join(response) == b""
+    finally:
+        response.close()
+    assert started[0]["Content-Length"] == requests.head(upstream.url + "/x", timeout=5).headers["Content-Length"]
