@@ -7,7 +7,9 @@ BODY = b'{"status":"ok","service":"bench","message":"hello from the benchmark up
 
 
 def hello(request):
-    return HttpResponse(BODY, content_type="application/json")
+    # With its length, as the gateway's relayed answer has it: without one gunicorn frames the answer chunked,
+    # a second write per response and about 6 % more CPU, which would flatter every ratio against this floor.
+    return HttpResponse(BODY, content_type="application/json", headers={"Content-Length": str(len(BODY))})
 
 
 urlpatterns = [
