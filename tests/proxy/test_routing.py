@@ -350,3 +350,22 @@ def test_each_upstream_compiles_with_its_own_enabled_targets_in_address_order(dj
     assert [t.address for t in compiled["first"].balancer.targets] == ["10.0.0.1:80", "10.0.0.5:80", "10.0.0.9:80"]
     assert [t.address for t in compiled["second"].balancer.targets] == ["10.0.0.2:80"]
     assert [t.address for t in compiled["bare"].balancer.targets] == ["127.0.0.1:9"]  # its base URL's host and port
+
+
+def test_the_validated_host_name_is_remembered_per_host_and_forgotten_when_allowed_hosts_change(settings):
+    from django.test import RequestFactory
+
+    from proxy.middleware import validated_hostname
+
+    settings.ALLOWED_HOSTS = ["api.example.com", ".example.org"]
+    factory = RequestFactory()
+    for _ in range(2):  # the second time from memory, the same answers
+        assert validated_hostname(factory.get("/", HTTP_HOST="API.example.com:8080")) == "api.example.com"
+        assert validated_hostname(factory.get("/", HTTP_HOST="api.example.com.")) == "api.example.com"
+        assert validated_hostname(factory.get("/", HTTP_HOST="www.example.org")) == "www.example.org"
+        assert validated_hostname(factory.get("/", HTTP_HOST="evil.test")) is None
+        assert validated_hostname(factory.get("/", HTTP_HOST="api.example.com@evil.test")) is None
+
+    settings.ALLOWED_HOSTS = ["evil.test"]
+    assert validated_hostname(factory.get("/", HTTP_HOST="API.example.com:8080")) is None
+    assert validated_hostname(factory.get("/", HTTP_HOST="evil.test")) == "evil.test"
