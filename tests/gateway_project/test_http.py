@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import gevent
 import gevent.socket
 import pytest
 
-from gateway_project.http import send_all
+from gateway_project.http import CLOSED, DATA, IDLE, peek, send_all
 
 
 class Counting:
@@ -69,3 +70,26 @@ def test_what_the_kernel_does_not_take_at_once_follows_in_order_under_gevent(own
         reader.join(10)
     assert counting.calls == ["send", "sendall"]
     assert bytes(received) == message
+
+
+@pytest.mark.parametrize("kind", ["stdlib", "gevent"])
+def test_peek_tells_idle_data_and_closed_and_leaves_the_socket_as_it_was(kind, own_hub):
+    """A kept-alive connection is idle, holds bytes nobody asked for, or was closed by its peer; peeking reads
+    nothing and leaves the socket's timeout as it was, on a plain socket and on gevent's (a worker's sockets)."""
+    ours, theirs = socket.socketpair()
+    if kind == "gevent":
+        ours = gevent.socket.socket(fileno=ours.detach())
+    with ours, theirs:
+        ours.settimeout(5.0)
+        started = time.monotonic()
+        assert peek(ours) == IDLE
+        assert time.monotonic() - started < 1  # never waits
+        theirs.sendall(b"x")
+        time.sleep(0.05)
+        assert peek(ours) == DATA
+        assert ours.recv(10) == b"x"  # still there to read
+        assert peek(ours) == IDLE
+        theirs.close()
+        time.sleep(0.05)
+        assert peek(ours) == CLOSED
+        assert ours.gettimeout() == 5.0
