@@ -45,6 +45,8 @@ LEVELS = (1, 8, 64)
 OPEN_LOOP_SHARE = 0.7
 STOCK_GATEWAY = "gateway, gunicorn's gevent worker"
 STOCK_HELLO = "django hello world, gunicorn's gevent worker"
+#: The targets measured again at 8 connections with one wrk thread (Bench.one_client_thread).
+ONE_THREAD = ("gateway", "django hello world", "django-revproxy", "aiohttp + uvloop")
 #: The rate-limit policy every gateway request is checked against: one Redis call, never a 429.
 NEVER_HIT = {
     "name": "never-hit",
@@ -192,8 +194,8 @@ def parse_wrk(text: str) -> dict:
     }
 
 
-def wrk(url: str, connections: int, duration: float) -> dict:
-    threads = 1 if connections == 1 else 2
+def wrk(url: str, connections: int, duration: float, threads: int | None = None) -> dict:
+    threads = threads or (1 if connections == 1 else 2)
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(duration)}s", "--latency", "--timeout", "10s", url],
         capture_output=True,
@@ -558,6 +560,25 @@ class Bench:
                     )
         return results
 
+    def one_client_thread(self) -> dict:
+        """The tail at 8 connections with wrk on one thread instead of two: on two cores, wrk's second thread
+        competes with two nearly saturated workers, and a worker waiting for a core stalls its requests."""
+        targets = self.targets("small")
+        results: dict = collections.defaultdict(list)
+        for _ in range(self.args.runs):
+            for name in ONE_THREAD:
+                url, _ = targets[name]
+                result = wrk(url, 8, self.args.duration, threads=1)
+                if result["non_2xx"] or result["socket_errors"]:
+                    raise RuntimeError(f"{name} at 8 connections, one wrk thread: {result}")
+                results[name].append(result)
+                print(
+                    f"  one wrk thread c=8 {name:30} {result['rps']:>8.0f} req/s  p50 {result['p50'] * 1000:6.2f} ms"
+                    f"  p99 {result['p99'] * 1000:6.2f} ms",
+                    flush=True,
+                )
+        return results
+
     def balancing(self) -> dict:
         """The gateway's req/s at 64 connections with one target, and with three (round robin, least requests),
         alternating within each run so that the machine's drift hits all three alike."""
@@ -857,6 +878,20 @@ def targets_report(small: dict, extras: dict) -> list[str]:
                     p99[c, name] <= 3 * p50[c, name],
                 )
             )
+    one = {
+        name: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99")}
+        for name, runs in extras.get("one_client_thread", {}).items()
+    }
+    for name in (gw, hello):
+        if name in one:
+            m = one[name]
+            rows.append(
+                (
+                    f"{name}: p99 within 3x p50 at 8 connections, one wrk thread",
+                    f"{m['p99'] / m['p50']:.1f}x ({m['p50'] * 1000:.2f} / {m['p99'] * 1000:.1f} ms)",
+                    m["p99"] <= 3 * m["p50"],
+                )
+            )
     if STOCK_GATEWAY in rps:
         rows.append(
             (
@@ -900,6 +935,19 @@ def targets_report(small: dict, extras: dict) -> list[str]:
             lines.append(
                 f"| {name} | {m['achieved_rps']:,.0f} | {m['p50'] * 1000:.2f} | {m['p90'] * 1000:.2f} | "
                 f"{m['p99'] * 1000:.2f} | {m['p999'] * 1000:.2f} | {errors} |"
+            )
+    if one:
+        lines += [
+            "",
+            "### At 8 connections with one wrk thread instead of two",
+            "",
+            "| target | req/s | p50 ms | p99 ms | p99/p50 |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, m in one.items():
+            lines.append(
+                f"| {name} | {m['rps']:,.0f} | {m['p50'] * 1000:.2f} | {m['p99'] * 1000:.2f} | "
+                f"{m['p99'] / m['p50']:.1f} |"
             )
     if "memory" in extras:
         m = extras["memory"]
@@ -1055,6 +1103,8 @@ def main() -> None:
             if "small" in measured:
                 revproxy = statistics.median(r["rps"] for r in measured["small"][64]["django-revproxy"])
                 extras["open_loop"] = bench.open_loop(round(OPEN_LOOP_SHARE * revproxy, -1))
+            if "small" in measured:
+                extras["one_client_thread"] = bench.one_client_thread()
             extras["redis_idle"] = bench.redis_idle()
             extras["sql"] = bench.sql_per_request()
             extras["memory"] = bench.memory()
