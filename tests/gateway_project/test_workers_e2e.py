@@ -146,3 +146,23 @@ def test_the_gateways_own_answer_on_a_proxied_path_is_framed_by_its_length(one_w
     length = int(fields[b"Content-Length"])
     assert json.loads(rest[:length])["error"] == "no_route"
     assert rest[length:].startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_head_answer_carries_the_length_and_no_body_and_logs_no_warning(one_worker):
+    """HEAD on the gateway's own answers (no route, health): the GET's Content-Length, no body bytes, the next
+    answer right after the header block, and no warning from gunicorn about body bytes it had to drop."""
+    with socket.create_connection(("127.0.0.1", one_worker.port), timeout=10) as sock:
+        sock.sendall(
+            b"HEAD /no-such-route HTTP/1.1\r\nHost: gateway.test\r\n\r\n"
+            b"HEAD /healthz HTTP/1.1\r\nHost: gateway.test\r\n\r\n" + REQUEST
+        )
+        data = b""
+        while data.count(ANSWER) < 1:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "the gateway closed the connection"
+            data += chunk
+    no_route, health, get, _ = data.split(b"\r\n\r\n", 3)
+    assert no_route.startswith(b"HTTP/1.1 404 ") and b"\r\nContent-Length: " in no_route
+    assert health.startswith(b"HTTP/1.1 200 ") and b"\r\nContent-Length: 15" in health
+    assert get.startswith(b"HTTP/1.1 200 ")
+    assert "no-body response" not in one_worker.log()
