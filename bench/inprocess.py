@@ -8,9 +8,10 @@ loop on one greenlet, against a real nginx upstream and a real Redis on 127.0.0.
 
 It measures the checkout it is run from, this script and virtualenv serving any checkout:
 `cd /tmp/before && /work/main/.venv/bin/python /work/main/bench/inprocess.py --callgrind`.
-Instructions counted by callgrind repeat to within a fraction of a percent whatever else the machine does, so
-they show changes of a few percent that wall-clock runs on a shared 2-core machine cannot; they leave out the
-kernel's work (system calls), which the CPU figures include. The gateway runs as bench/run.py configures it
+Instructions counted by callgrind do not depend on what else the machine does, but runs of one commit still
+varied by about 4 % (1.28 to 1.33 million per request over four runs on 2026-12-01): work on a timer, such as
+the Redis pipe's TIME once a second, comes more often per request under valgrind's slowdown. Run each side
+more than once. They leave out the kernel's work (system calls), which the CPU figures include. The gateway runs as bench/run.py configures it
 (a rate-limit policy on every request that is never hit, the breaker, metrics, the JSON access line, written to
 /dev/null here), with gevent's monkey patching as in a worker.
 """
