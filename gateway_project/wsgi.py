@@ -94,7 +94,7 @@ def application(environ, start_response):
     response = django_application(environ, start_response)
     take_over = getattr(response, "take_over", None)
     if take_over is None:
-        if environ["REQUEST_METHOD"] == "HEAD" and not response.streaming:
+        if environ["REQUEST_METHOD"] == "HEAD" and not getattr(response, "streaming", True):
             # Its headers (the GET's Content-Length among them) have gone to gunicorn; its body must not go out,
             # and handed to gunicorn it would be dropped with a warning logged per response. The access line
             # and metrics then count no bytes sent, as none are.

@@ -279,3 +279,15 @@ def test_the_gateways_own_answers_carry_their_length_and_the_upstreams_keep_thei
     finally:
         response.close()
     assert started[0]["Content-Length"] == requests.head(upstream.url + "/x", timeout=5).headers["Content-Length"]
+
+
+def test_a_head_answer_that_is_a_file_wrapper_goes_to_the_server_as_it_is(monkeypatch):
+    """Django hands gunicorn a FileResponse's file as the server's file wrapper, which has no `streaming`: a HEAD
+    answer of that kind is left to the server (which sends no body for HEAD), not a server error."""
+    from gunicorn.http.wsgi import FileWrapper
+
+    from gateway_project import wsgi
+
+    wrapper = FileWrapper(io.BytesIO(b"file"))
+    monkeypatch.setattr(wsgi, "django_application", lambda environ, start_response: wrapper)
+    assert wsgi.application({**_environ("/static/x"), "REQUEST_METHOD": "HEAD"}, None) is wrapper
