@@ -11,9 +11,11 @@ It measures the checkout it is run from, this script and virtualenv serving any 
 Instructions counted by callgrind do not depend on what else the machine does, but runs of one commit still
 varied by about 4 % (1.28 to 1.33 million per request over four runs on 2026-12-01): work on a timer, such as
 the Redis pipe's TIME once a second, comes more often per request under valgrind's slowdown. Run each side
-more than once. They leave out the kernel's work (system calls), which the CPU figures include. The gateway runs as bench/run.py configures it
-(a rate-limit policy on every request that is never hit, the breaker, metrics, the JSON access line, written to
-/dev/null here), with gevent's monkey patching as in a worker.
+more than once. They leave out the kernel's work (system calls), which the CPU figures include.
+
+The gateway runs as bench/run.py configures it (a rate-limit policy on every request that is never hit, the
+breaker, metrics, the JSON access line, written to /dev/null here), with gevent's monkey patching as in a
+worker.
 """
 
 from __future__ import annotations
