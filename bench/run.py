@@ -1103,7 +1103,6 @@ def main() -> None:
             if "small" in measured:
                 revproxy = statistics.median(r["rps"] for r in measured["small"][64]["django-revproxy"])
                 extras["open_loop"] = bench.open_loop(round(OPEN_LOOP_SHARE * revproxy, -1))
-            if "small" in measured:
                 extras["one_client_thread"] = bench.one_client_thread()
             extras["redis_idle"] = bench.redis_idle()
             extras["sql"] = bench.sql_per_request()
