@@ -112,6 +112,9 @@ class Exchange:
 #: line break; a value with a line break that is no folding.
 _LEGAL_NAME = re.compile(r"[^: \t\n\r\f\v][^:\r\n]*").fullmatch
 _ILLEGAL_VALUE = re.compile(r"\n(?![ \t])|\r(?![ \t\n])").search
+#: Field names that passed the name check: the same few come with every request. Bounded; never a refused one.
+_CHECKED_NAMES: set[str] = set()
+_CHECKED_NAMES_MAX = 4096
 #: A request body up to this size goes out in the same send(2) as the head.
 _WITH_HEAD = 64 * 1024
 #: One attempt, no retries or redirects inside urllib3 (the loop in send() retries): one object for every call.
@@ -140,6 +143,7 @@ def head_fields(method: str, headers, content_length: int | None) -> tuple[set[s
         lines.append(f"Content-Length: {content_length}")
     if "user-agent" not in keys:
         lines.append(f"User-Agent: {_get_default_user_agent()}")
+    values = []
     for name, value in headers.items():
         if isinstance(value, int):
             value = str(value)
@@ -149,11 +153,19 @@ def head_fields(method: str, headers, content_length: int | None) -> tuple[set[s
             if name.lower() not in SKIPPABLE_HEADERS:
                 raise ValueError(f"urllib3.util.SKIP_HEADER only supports {sorted(SKIPPABLE_HEADERS)}")
             continue
-        if not (name.isascii() and _LEGAL_NAME(name)):
-            raise ValueError(f"Invalid header name {name!r}")
-        if _ILLEGAL_VALUE(value):
-            raise ValueError(f"Invalid header value {value!r}")
+        if type(name) is not str or name not in _CHECKED_NAMES:
+            if not (name.isascii() and _LEGAL_NAME(name)):
+                raise ValueError(f"Invalid header name {name!r}")
+            if type(name) is str and len(_CHECKED_NAMES) < _CHECKED_NAMES_MAX:
+                _CHECKED_NAMES.add(name)
         lines.append(f"{name}: {value}")
+        values.append(value)
+    # One search over all values: a NUL between them neither makes nor hides a match (a value that ends in CR or
+    # LF matches alone, at its end, as before a NUL).
+    if _ILLEGAL_VALUE("\0".join(values)):
+        for value in values:
+            if _ILLEGAL_VALUE(value):
+                raise ValueError(f"Invalid header value {value!r}")
     return keys, "\r\n".join(lines).encode("latin-1")
 
 

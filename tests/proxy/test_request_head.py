@@ -241,5 +241,17 @@ def test_a_request_the_direct_head_does_not_cover_takes_urllib3s_path(method, ur
 def test_the_direct_head_refuses_what_urllib3_refuses(method, headers, refusal):
     with pytest.raises(ValueError, match=refusal):
         urlopen_sends(method, "/", headers, None)
-    with pytest.raises(ValueError, match=refusal):
-        direct_head(method, "/", dict(headers), None)
+    for _ in range(2):  # the second time too: a refused name is never remembered as checked
+        with pytest.raises(ValueError, match=refusal):
+            direct_head(method, "/", dict(headers), None)
+
+
+def test_the_illegal_value_is_named_when_others_come_before_and_after_it():
+    headers = {**PROXIED, "X-Before": "fine", "X-Bad": "one\ntwo", "X-After": "ends in CR\r"}
+    with pytest.raises(ValueError, match=r"Invalid header value 'one\\ntwo'"):
+        direct_head("GET", "/", headers, None)
+    headers = {**PROXIED, "X-Before": "fine", "X-After": "ends in CR\r"}
+    with pytest.raises(ValueError, match=r"Invalid header value 'ends in CR\\r'"):
+        direct_head("GET", "/", headers, None)
+    with pytest.raises(ValueError, match="Invalid header value"):
+        urlopen_sends("GET", "/", headers, None)
