@@ -43,7 +43,13 @@ def child(requests: int, cprofile: str | None) -> None:
     sys.path.insert(0, os.getcwd())
     import io
 
+    from gevent import get_hub
+
+    from gateway_project import metrics
     from gateway_project.wsgi import application
+
+    if hasattr(metrics, "tally_per_loop_pass"):  # as a worker does (workers.GatewayWorker.run), since 2026-12-01
+        metrics.tally_per_loop_pass(get_hub().loop.run_callback)
 
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)  # the access lines

@@ -246,10 +246,14 @@ class GatewayWorker(GeventWorker):
 
         global SEND_TIMEOUT
         SEND_TIMEOUT = getattr(settings, "GATEWAY_SEND_TIMEOUT", SEND_TIMEOUT)
+        from gateway_project import metrics
+
+        metrics.tally_per_loop_pass(get_hub().loop.run_callback)
         try:
             super().run()
         finally:
             _counts[self._slot] = 0
+            metrics.stop_tallying()
 
     def hold_back(self) -> bool:
         """Whether to leave the connection waiting in the listen queue for a less loaded worker."""
