@@ -261,3 +261,26 @@ def test_a_gathered_batch_keeps_to_the_window_and_a_reading_caller_does_not_gath
     assert seen["largest_write"] <= 4
     assert seen["yields"] == 0
     assert seen["replies"] == [1, 2]
+
+
+FORKED = """
+import os
+
+parent = store.topology()
+read, write = os.pipe()
+child = os.fork()
+if child == 0:  # a worker forked from a process that had connected: its own topology, pipe and connection
+    mine = store.topology()
+    answer = SCRIPT(["hot:forked"], [])
+    os.write(write, json.dumps({"own": mine is not parent, "answer": answer}).encode())
+    os._exit(0)
+os.waitpid(child, 0)
+seen = json.loads(os.read(read, 1000))
+print(json.dumps({**seen, "parent kept": store.topology() is parent, "parent answer": SCRIPT(["hot:forked"], [])}))
+"""
+
+
+def test_a_forked_child_makes_its_own_topology_and_the_parent_keeps_its_own(own_redis):
+    """The pipe's connection and threads are the parent's: a child that used them would interleave its calls with
+    the parent's on one socket. The topology is forgotten at the fork, not checked by process ID per call."""
+    assert in_gevent(FORKED, own_redis.url) == {"own": True, "answer": 1, "parent kept": True, "parent answer": 2}
