@@ -114,11 +114,11 @@ def flush() -> None:
     if not _pending or _get_ident() != _tally_thread:
         return
     pending, _pending = _pending, {}
-    try:
-        for value, amount in pending.items():
+    for value, amount in pending.items():
+        try:
             value.write(amount)
-    except Exception:  # an mmap that could not grow: the counts are lost, the requests are not
-        logging.getLogger(__name__).exception("could not write metric values")
+        except Exception:  # an mmap that could not grow: this series' counts are lost, no other's, no request
+            logging.getLogger(__name__).exception("could not write a metric value")
 
 
 def stop_tallying() -> None:

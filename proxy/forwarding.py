@@ -151,10 +151,12 @@ def head_fields(method: str, headers, content_length: int | None) -> tuple[set[s
             return None
         if value == SKIP_HEADER:
             if name.lower() not in SKIPPABLE_HEADERS:
+                _refuse_values(values)  # a bad value before it is refused first, as field by field
                 raise ValueError(f"urllib3.util.SKIP_HEADER only supports {sorted(SKIPPABLE_HEADERS)}")
             continue
         if type(name) is not str or name not in _CHECKED_NAMES:
             if not (name.isascii() and _LEGAL_NAME(name)):
+                _refuse_values(values)
                 raise ValueError(f"Invalid header name {name!r}")
             if type(name) is str and len(_CHECKED_NAMES) < _CHECKED_NAMES_MAX:
                 _CHECKED_NAMES.add(name)
@@ -163,10 +165,15 @@ def head_fields(method: str, headers, content_length: int | None) -> tuple[set[s
     # One search over all values: a NUL between them neither makes nor hides a match (a value that ends in CR or
     # LF matches alone, at its end, as before a NUL).
     if _ILLEGAL_VALUE("\0".join(values)):
-        for value in values:
-            if _ILLEGAL_VALUE(value):
-                raise ValueError(f"Invalid header value {value!r}")
+        _refuse_values(values)
     return keys, "\r\n".join(lines).encode("latin-1")
+
+
+def _refuse_values(values: list[str]) -> None:
+    """Raise http.client's error for the first value it refuses, if any."""
+    for value in values:
+        if _ILLEGAL_VALUE(value):
+            raise ValueError(f"Invalid header value {value!r}")
 
 
 def direct_head(method: str, url: str, headers, body: bytes | None) -> bytes | None:

@@ -20,6 +20,7 @@ SCRIPT = textwrap.dedent(
     import json, os, sys
     import gevent
     from gevent import get_hub
+    from gevent.monkey import get_original
     from gateway_project import metrics
     from prometheus_client import Counter, Gauge, Histogram
     from prometheus_client.mmap_dict import MmapedDict
@@ -59,7 +60,7 @@ SCRIPT = textwrap.dedent(
     if child == 0:
         hits.inc(1)  # the child's own tally is off: written at once, to its own file, without the parent's 3
         os._exit(0)
-    os.waitpid(child, 0)
+    get_original("os", "waitpid")(child, 0)  # gevent's own waitpid can miss a child's exit
     out["the child's file"] = written(child)
     # After the fork: a process that forks with gevent's pool threads running can hang in the child.
     def in_a_thread():  # another OS thread: written at once, seen in the file before the thread returns

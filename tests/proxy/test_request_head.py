@@ -255,3 +255,9 @@ def test_the_illegal_value_is_named_when_others_come_before_and_after_it():
         direct_head("GET", "/", headers, None)
     with pytest.raises(ValueError, match="Invalid header value"):
         urlopen_sends("GET", "/", headers, None)
+    # Field by field, as http.client checks them: a bad value before a bad name is the one refused.
+    headers = {**PROXIED, "X-Bad": "one\ntwo", "Bad:Name": "x"}
+    with pytest.raises(ValueError, match="Invalid header value"):
+        urlopen_sends("GET", "/", headers, None)
+    with pytest.raises(ValueError, match="Invalid header value"):
+        direct_head("GET", "/", headers, None)
