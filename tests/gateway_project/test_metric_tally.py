@@ -68,6 +68,15 @@ SCRIPT = textwrap.dedent(
         return written(os.getpid()).get("hits_total,who=b")
 
     out["from a thread"] = get_hub().threadpool.apply(in_a_thread)
+    def refuse(amount):
+        raise OSError("the mmap could not grow")
+
+    hits.inc(1)
+    hits_b.inc(2)
+    hits._value.write = refuse  # this series' write fails; the other's still goes out
+    gevent.sleep(0)
+    del hits._value.write
+    out["after a failed write"] = written(os.getpid()).get("hits_total,who=b")
     metrics.stop_tallying()
     out["at the end"] = written(os.getpid())["hits_total,who=a"]
     hits.inc(1)
@@ -92,5 +101,6 @@ def test_tallied_increments_are_written_once_per_loop_pass_and_none_is_lost(tmp_
     }
     assert out["from a thread"] == 7.0
     assert out["the child's file"] == {"hits_total,who=a": 1.0}
+    assert out["after a failed write"] == 9.0
     assert out["at the end"] == 103.0
     assert out["after the end"] == 104.0
